@@ -1,0 +1,1 @@
+"""Offline side: corpora, feature front-ends, the papers' experiments and model export."""
