@@ -8,6 +8,7 @@ the file and the cause, so a corpus scan can collect them and go on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16_000
+
+# libsndfile's header log flags a data chunk longer than the file ("data : 32000 (should be
+# 15978)") but then quietly reads what is there; we treat that as truncation.
+_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
 class AudioError(Exception):
@@ -61,8 +66,9 @@ def _open_error(path: Path, exc: Exception) -> AudioError:
 def probe_audio(path: str | Path) -> AudioInfo:
     """Read only the header; raise ``AudioError`` if it is not a usable audio file.
 
-    A corpus scan calls this on every file: it catches missing, empty, non-audio, corrupt-header
-    and zero-length files without decoding samples. Truncation and NaNs need ``load_audio``.
+    A corpus scan calls this on every file: it catches missing, empty, non-audio, corrupt-header,
+    zero-length and truncated WAV/AIFF files without decoding samples. Truncated compressed
+    files (FLAC, OGG) and NaN samples show only when decoding, in ``load_audio``.
     """
     path = Path(path)
     try:
@@ -73,6 +79,11 @@ def probe_audio(path: str | Path) -> AudioInfo:
         raise AudioError(path, f"invalid sample rate {info.samplerate}")
     if info.frames <= 0:
         raise AudioError(path, "no audio samples (header says 0 frames)")
+    short = _SHORT_CHUNK.search(info.extra_info or "")
+    if short and int(short[2]) < int(short[1]):
+        raise AudioError(
+            path, f"truncated: data chunk says {short[1]} bytes, the file holds {short[2]}"
+        )
     return AudioInfo(
         sample_rate=int(info.samplerate),
         frames=int(info.frames),
@@ -95,7 +106,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(path, f"decoding failed ({str(exc).strip() or type(exc).__name__})") from exc
+        reason = str(exc).strip() or type(exc).__name__
+        raise AudioError(path, f"decoding failed ({reason})") from exc
     if data.shape[0] == 0:
         raise AudioError(path, "no audio samples")
     if data.shape[0] < info.frames:
