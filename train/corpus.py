@@ -77,6 +77,11 @@ def _audio_extensions() -> frozenset[str]:
 AUDIO_EXTENSIONS = _audio_extensions()
 
 
+_HIDDEN = "hidden file (e.g. macOS metadata)"
+_NOT_AUDIO = "not an audio file"
+_NOT_AUDIO_REASONS = (_HIDDEN, _NOT_AUDIO)
+
+
 def _files(root: Path, dropped: Counter[str]) -> Iterator[Path]:
     """Audio-named files under ``root`` in a stable order; count everything else."""
     root = Path(root)
@@ -85,9 +90,9 @@ def _files(root: Path, dropped: Counter[str]) -> Iterator[Path]:
     candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for path in candidates:
         if path.name.startswith("."):
-            dropped["hidden file (e.g. macOS metadata)"] += 1
+            dropped[_HIDDEN] += 1
         elif path.suffix.lower().lstrip(".") not in AUDIO_EXTENSIONS:
-            dropped[f"not an audio file (*{path.suffix.lower() or ' no extension'})"] += 1
+            dropped[f"{_NOT_AUDIO} (*{path.suffix.lower() or ' no extension'})"] += 1
         else:
             yield path
 
@@ -97,9 +102,13 @@ def _finish(
 ) -> list[Utterance]:
     if dropped is not None:
         dropped.update(local)
-    elif local:
-        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(local.items()))
-        warnings.warn(f"{name}: dropped {sum(local.values())} files: {detail}", stacklevel=3)
+        return utts
+    # Without a counter, warn about audio files that were dropped; non-audio files beside the
+    # corpus (README.md, .DS_Store) are only counted, or every TESS load would warn.
+    audio = {r: n for r, n in local.items() if not r.startswith(_NOT_AUDIO_REASONS)}
+    if audio:
+        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(audio.items()))
+        warnings.warn(f"{name}: dropped {sum(audio.values())} files: {detail}", stacklevel=3)
     return utts
 
 
