@@ -1,0 +1,55 @@
+"""`emotion-monitor`: the one console script.
+
+Each room owns its subcommands in a light module exposing ``register(subparsers)``; heavy
+imports (torch, streamlit, ...) happen inside the handlers, so ``--help`` is instant and the
+dashboard's commands never pull in torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules that add subcommands, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "train.corpus_cli",
+)
+
+EPILOG = """examples:
+  emotion-monitor demo                              # replay the bundled example stream on the dashboard
+  emotion-monitor corpus summarize ../shared/data/tess
+  emotion-monitor <command> --help                  # what each command does, with an example
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotion-monitor",
+        description="Real-time speech-emotion monitor: stream, explain, train and inspect models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from emotion_monitor import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        # A group without a subcommand (e.g. `emotion-monitor corpus`) prints its own help.
+        (getattr(args, "help_parser", None) or parser).print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
