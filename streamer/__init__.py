@@ -1,0 +1,1 @@
+"""Capture daemon: sources -> windows -> model -> Grad-CAM -> websocket clients + session log."""

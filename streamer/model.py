@@ -1,0 +1,118 @@
+"""Load a served model file (the contract in the design note) and run it.
+
+A model reaches the streamer only as a TorchScript file with ``forward``, ``explain`` and a
+``model_card.json`` extra file; everything the daemon needs (classes, rate, window) is in the card.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REQUIRED_CARD_KEYS = ("name", "classes", "sample_rate", "window_s")
+
+
+class ModelError(Exception):
+    """A model file that cannot be served: missing, not TorchScript, or a bad card."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device} requested but CUDA is not available here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def validate_card(card: Any, path: Path | str = "<card>") -> dict:
+    """Check the keys the streamer relies on; returns the card."""
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: model_card.json is not a JSON object")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise ModelError(f"{path}: model card lacks required keys {missing}")
+    classes = card["classes"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ModelError(f"{path}: card 'classes' must be a non-empty list of names")
+    if not (isinstance(card["sample_rate"], int | float) and card["sample_rate"] > 0):
+        raise ModelError(f"{path}: card 'sample_rate' must be a positive number")
+    if not (isinstance(card["window_s"], int | float) and card["window_s"] > 0):
+        raise ModelError(f"{path}: card 'window_s' must be a positive number")
+    return card
+
+
+@dataclass
+class ServedModel:
+    """A loaded model file: its TorchScript module, its card, and the device it runs on."""
+
+    module: torch.jit.ScriptModule
+    card: dict
+    device: torch.device
+    path: Path | None = None
+    classes: list[str] = field(init=False)
+    sample_rate: int = field(init=False)
+    window_s: float = field(init=False)
+    window_samples: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.classes = list(self.card["classes"])
+        self.sample_rate = int(self.card["sample_rate"])
+        self.window_s = float(self.card["window_s"])
+        self.window_samples = int(round(self.sample_rate * self.window_s))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> ServedModel:
+        """Read a model file and its card; clear ModelError for anything unusable."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        dev = resolve_device(device)
+        extra = {"model_card.json": ""}
+        try:
+            # torch.jit.load warns (DeprecationWarning) in torch 2.11; silence it here only.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
+        except Exception as err:  # torch raises RuntimeError/ValueError/zip errors
+            raise ModelError(f"{path}: not a TorchScript model file ({err})") from err
+        raw = extra["model_card.json"]
+        if not raw:
+            raise ModelError(f"{path}: no model_card.json in the file (see the model contract)")
+        try:
+            card = json.loads(raw)
+        except ValueError as err:
+            raise ModelError(f"{path}: model_card.json is not valid JSON ({err})") from err
+        validate_card(card, path)
+        for method in ("forward", "explain"):
+            if not hasattr(module, method):
+                raise ModelError(f"{path}: the model has no '{method}' method")
+        module.eval()
+        return cls(module=module, card=card, device=dev, path=path)
+
+    def _as_batch(self, waves: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(waves, dtype=torch.float32)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.size(1) != self.window_samples:
+            raise ValueError(f"expected waves [B, {self.window_samples}], got {list(x.shape)}")
+        return x.to(self.device, non_blocking=True)
+
+    def predict(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class probabilities ``[B, C]`` (float32, card's class order) for windows ``[B, N]``."""
+        x = self._as_batch(waves)
+        with torch.inference_mode():
+            probs = self.module(x)
+        return probs.float().cpu().numpy()
+
+    def explain(self, waves: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The contract's ``explain``: (logits, activations, spectrogram), autograd enabled."""
+        return self.module.explain(self._as_batch(waves))

@@ -1,0 +1,530 @@
+"""Audio sources: file replay, raw PCM on stdin, and the microphone.
+
+Every source delivers :class:`Chunk` s — float32 mono audio at the model's rate, tagged with a
+stream id and the moment its last sample entered the daemon. A source runs in its own thread
+(``run(emit, stop)`` blocks until the audio ends, ``stop`` is set, or it fails with
+:class:`SourceError`), so pacing and device callbacks never depend on how busy the event loop
+is, and one failing source ends only its own streams. :func:`iter_chunks` adapts a source to an
+async iterator for the daemon.
+
+Files are checked with ``soundfile.info`` in ``open()`` so corrupt, empty and non-audio files fail
+fast with the file's name. Resampling is soxr (``soxr.ResampleStream`` block by block), never
+torchaudio (see the design note). ``sounddevice`` is imported only when a microphone is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AUDIO_SUFFIXES = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".caf",
+     ".w64", ".rf64", ".mp3"}
+)
+PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+
+
+class SourceError(Exception):
+    """A source that cannot deliver audio; the message names the file/device and the cause."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive float32 mono samples of one stream at the model's rate."""
+
+    stream_id: str
+    samples: np.ndarray
+    wall_time: float  # time.time() when the last sample entered the daemon
+    arrived: float  # time.perf_counter() at the same moment
+
+
+Emit = Callable[[Chunk], None]
+
+
+class Source:
+    """Base class: ``open()`` validates (fast), ``run(emit, stop)`` streams, ``stats()`` reports."""
+
+    kind = "source"
+    name: str
+    sample_rate: int
+
+    @property
+    def stream_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def open(self) -> Source:
+        return self
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One dict per stream, for the ``hello``/status messages."""
+        return [{"id": s, "kind": self.kind} for s in self.stream_ids]
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+class _Pacer:
+    """Real-time pacing against one monotonic clock from the stream's start, so it never drifts
+    (a sleep per chunk would accumulate error). speed 0: no waiting."""
+
+    def __init__(self, sample_rate: int, speed: float, stop: threading.Event) -> None:
+        self.sample_rate = sample_rate
+        self.speed = speed
+        self.stop = stop
+        self.t0: float | None = None
+
+    def wait_until(self, n_samples: int) -> bool:
+        """Wait until ``n_samples`` of stream time are due; False if stopped meanwhile."""
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        if self.speed <= 0:
+            return not self.stop.is_set()
+        due = self.t0 + n_samples / self.sample_rate / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            return not self.stop.wait(delay)
+        return not self.stop.is_set()
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories become their audio files (by suffix), sorted, recursively."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file()
+                           and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise SourceError(f"{p}: directory holds no audio files")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise SourceError(f"{p}: no such file or directory")
+    if not out:
+        raise SourceError("no files to replay")
+    return out
+
+
+def check_audio_file(path: Path) -> Any:
+    """``soundfile.info`` with a clear error for non-audio, corrupt or empty files."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        raise SourceError(f"{path}: not a readable audio file ({err})") from err
+    if info.frames <= 0:
+        raise SourceError(f"{path}: empty audio file (0 frames)")
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise SourceError(f"{path}: invalid header ({info.samplerate} Hz, {info.channels} ch)")
+    return info
+
+
+class _Converter:
+    """Mixdown or keep channels, then stream-resample to the model rate (soxr)."""
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int, split: bool) -> None:
+        self.split = split
+        self.out_channels = channels if split else 1
+        self.rs = (soxr.ResampleStream(in_rate, out_rate, self.out_channels, dtype="float32")
+                   if in_rate != out_rate else None)
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """``block`` is [frames, channels] float32; returns [frames', out_channels]."""
+        x = block if self.split else block.mean(axis=1, keepdims=True, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.rs is None:
+            return x
+        return self.rs.resample_chunk(x, last=last).reshape(-1, self.out_channels)
+
+
+@dataclass
+class FileSource(Source):
+    """Replay files (or directories, or a list of both) as one stream, or one per channel.
+
+    ``speed`` 1 real time, N times faster, 0 as fast as possible. Files follow each other with
+    ``gap_s`` of silence (``gap="silence"``) or a low noise floor (``gap="noise"``, ``noise_db``
+    dBFS RMS) so replayed utterances don't run into each other. ``loop`` repeats forever.
+    """
+
+    paths: Sequence[str | Path]
+    sample_rate: int
+    name: str | None = None
+    speed: float = 1.0
+    loop: bool = False
+    split_channels: bool = False
+    gap_s: float = 0.5
+    gap: str = "silence"
+    noise_db: float = -60.0
+    block_s: float | None = None  # default 0.05 s paced, 1 s at speed 0
+    max_channels: int | None = None
+    kind: str = field(default="file", init=False)
+    files: list[Path] = field(default_factory=list, init=False)
+    channels: int = field(default=1, init=False)
+
+    def open(self) -> FileSource:
+        if self.speed < 0:
+            raise SourceError(f"speed must be >= 0, got {self.speed}")
+        if self.gap not in ("silence", "noise"):
+            raise SourceError(f"gap must be 'silence' or 'noise', got {self.gap!r}")
+        self.files = expand_paths(self.paths)
+        infos = [check_audio_file(f) for f in self.files]
+        chans = {i.channels for i in infos}
+        if self.max_channels and max(chans) > self.max_channels:
+            bad = next(f for f, i in zip(self.files, infos, strict=True)
+                       if i.channels > self.max_channels)
+            raise SourceError(f"{bad}: {max(chans)} channels, more than {self.max_channels}")
+        if self.split_channels and len(chans) > 1:
+            raise SourceError(f"--split-channels needs one channel count; files have {chans}")
+        self.channels = infos[0].channels if self.split_channels else 1
+        if self.name is None:
+            first = Path(self.paths[0])
+            self.name = first.stem if first.is_file() else first.name or "replay"
+        return self
+
+    @property
+    def stream_ids(self) -> list[str]:
+        if self.split_channels:
+            return [f"{self.name}:ch{i}" for i in range(self.channels)]
+        return [str(self.name)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        src = str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.files)} files"
+        return [{"id": s, "kind": "file", "source": src, "channel": i if self.split_channels
+                 else None, "speed": self.speed, "loop": self.loop}
+                for i, s in enumerate(self.stream_ids)]
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        if not self.files:
+            self.open()
+        ids = self.stream_ids
+        pacer = _Pacer(self.sample_rate, self.speed, stop)
+        block_s = self.block_s or (0.05 if self.speed > 0 else 1.0)
+        emitted = 0
+        rng = np.random.default_rng(0)
+
+        def send(out: np.ndarray) -> bool:
+            nonlocal emitted
+            if out.shape[0] == 0:
+                return not stop.is_set()
+            emitted += out.shape[0]
+            if not pacer.wait_until(emitted):
+                return False
+            wall, mono = time.time(), time.perf_counter()
+            for i, sid in enumerate(ids):
+                emit(Chunk(sid, np.ascontiguousarray(out[:, i]), wall, mono))
+            return True
+
+        def send_gap() -> bool:
+            n_gap = int(round(self.gap_s * self.sample_rate))
+            step = max(1, int(block_s * self.sample_rate))
+            for lo in range(0, n_gap, step):
+                n = min(step, n_gap - lo)
+                if self.gap == "noise":
+                    amp = 10 ** (self.noise_db / 20)
+                    g = (rng.standard_normal((n, len(ids))) * amp).astype(np.float32)
+                else:
+                    g = np.zeros((n, len(ids)), dtype=np.float32)
+                if not send(g):
+                    return False
+            return True
+
+        first = True
+        while True:
+            for path in self.files:
+                if not first and self.gap_s > 0 and not send_gap():
+                    return
+                first = False
+                if not self._play(path, send, block_s):
+                    return
+            if not self.loop:
+                return
+
+    def _play(self, path: Path, send: Callable[[np.ndarray], bool], block_s: float) -> bool:
+        try:
+            with sf.SoundFile(str(path)) as f:
+                conv = _Converter(f.samplerate, self.sample_rate, f.channels, self.split_channels)
+                block = max(1, int(math.ceil(block_s * f.samplerate)))
+                while True:
+                    data = f.read(block, dtype="float32", always_2d=True)
+                    last = data.shape[0] < block
+                    if not send(conv(data, last=last)):
+                        return False
+                    if last:
+                        return True
+        except SourceError:
+            raise
+        except Exception as err:  # libsndfile errors mid-file
+            raise SourceError(f"{path}: read failed ({err})") from err
+
+
+@dataclass
+class StdinSource(Source):
+    """Raw interleaved PCM from a pipe (``-``): ``fmt`` s16le or f32le, ``rate``, ``channels``.
+
+    The writer paces the stream (ffmpeg -re, a telephony recorder); chunks are released as they
+    arrive (``read1``), so latency is the pipe's, not a block size's.
+    """
+
+    rate: int
+    sample_rate: int
+    fmt: str = "s16le"
+    channels: int = 1
+    name: str = "stdin"
+    split_channels: bool = False
+    stream: BinaryIO | None = None
+    block_s: float = 0.05
+    kind: str = field(default="stdin", init=False)
+
+    def open(self) -> StdinSource:
+        if self.fmt not in PCM_FORMATS:
+            raise SourceError(f"stdin: unknown --format {self.fmt!r} (use {list(PCM_FORMATS)})")
+        if self.rate <= 0 or self.channels <= 0:
+            raise SourceError(f"stdin: --rate and --channels must be positive "
+                              f"({self.rate}, {self.channels})")
+        if self.stream is None:
+            self.stream = sys.stdin.buffer
+        return self
+
+    @property
+    def stream_ids(self) -> list[str]:
+        if self.split_channels and self.channels > 1:
+            return [f"{self.name}:ch{i}" for i in range(self.channels)]
+        return [self.name]
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        if self.stream is None:
+            self.open()
+        assert self.stream is not None
+        dtype, scale = PCM_FORMATS[self.fmt]
+        frame_bytes = np.dtype(dtype).itemsize * self.channels
+        split = self.split_channels and self.channels > 1
+        conv = _Converter(self.rate, self.sample_rate, self.channels, split)
+        ids = self.stream_ids
+        want = max(1, int(self.block_s * self.rate)) * frame_bytes
+        read = getattr(self.stream, "read1", self.stream.read)
+        pending = b""
+        while not stop.is_set():
+            try:
+                data = read(want)
+            except Exception as err:
+                raise SourceError(f"stdin: read failed ({err})") from err
+            last = not data
+            pending += data
+            n = len(pending) // frame_bytes * frame_bytes
+            raw, pending = pending[:n], pending[n:]
+            x = np.frombuffer(raw, dtype=dtype).astype(np.float32) / scale
+            out = conv(x.reshape(-1, self.channels), last=last)
+            if out.shape[0]:
+                wall, mono = time.time(), time.perf_counter()
+                for i, sid in enumerate(ids):
+                    emit(Chunk(sid, np.ascontiguousarray(out[:, i]), wall, mono))
+            if last:
+                return
+
+
+def _sounddevice() -> Any:
+    """Import sounddevice only when a microphone is used (it needs PortAudio)."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as err:
+        raise SourceError(f"microphone unavailable: sounddevice/PortAudio cannot be loaded "
+                          f"({err}); install PortAudio (Debian: libportaudio2)") from err
+    return sd
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """Input devices PortAudio sees (for ``emotion-monitor devices``)."""
+    sd = _sounddevice()
+    try:
+        devices = sd.query_devices()
+        default_in = sd.default.device[0]
+        apis = sd.query_hostapis()
+    except Exception as err:
+        raise SourceError(f"cannot list audio devices ({err})") from err
+    return [
+        {"index": i, "name": d["name"], "hostapi": apis[d["hostapi"]]["name"],
+         "max_input_channels": d["max_input_channels"],
+         "default_samplerate": d["default_samplerate"], "default": i == default_in}
+        for i, d in enumerate(devices) if d["max_input_channels"] > 0
+    ]
+
+
+def _device_arg(device: int | str | None) -> int | str | None:
+    if isinstance(device, str) and device.strip().lstrip("-").isdigit():
+        return int(device)
+    return device
+
+
+@dataclass
+class MicSource(Source):
+    """A microphone at its native rate: the PortAudio callback only copies blocks into a ring
+    buffer (``ring_s`` seconds; when full the oldest audio is dropped and counted), and the
+    source thread resamples them with ``soxr.ResampleStream`` to the model's rate."""
+
+    sample_rate: int
+    device: int | str | None = None
+    name: str = "mic"
+    blocksize_s: float = 0.02
+    ring_s: float = 5.0
+    kind: str = field(default="mic", init=False)
+    native_rate: int = field(default=0, init=False)
+    device_name: str = field(default="", init=False)
+    overflows: int = field(default=0, init=False)  # PortAudio input overflows
+    dropped_frames: int = field(default=0, init=False)  # ring-buffer overruns (frames)
+    _sd: Any = field(default=None, init=False, repr=False)
+
+    def open(self) -> MicSource:
+        self._sd = _sounddevice()
+        dev = _device_arg(self.device)
+        try:
+            info = self._sd.query_devices(dev, "input")
+        except Exception as err:
+            raise SourceError(f"microphone {self.device!r}: no such input device ({err})") from err
+        self.native_rate = int(round(info["default_samplerate"]))
+        self.device_name = str(info["name"])
+        self.device = dev if dev is not None else int(info.get("index", 0))
+        return self
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return [self.name]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"id": self.name, "kind": "mic", "source": self.device_name,
+                 "native_rate": self.native_rate}]
+
+    def stats(self) -> dict[str, Any]:
+        return {"overflows": self.overflows, "dropped_frames": self.dropped_frames}
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        if self._sd is None:
+            self.open()
+        sd = self._sd
+        ring: collections.deque[tuple[np.ndarray, float, float]] = collections.deque()
+        cond = threading.Condition()
+        capacity = int(self.ring_s * self.native_rate)
+        held = 0
+        failure: list[str] = []
+
+        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+            nonlocal held
+            if status and status.input_overflow:
+                self.overflows += 1
+            with cond:
+                ring.append((indata[:, 0].copy(), time.time(), time.perf_counter()))
+                held += frames
+                while held > capacity and len(ring) > 1:
+                    old = ring.popleft()[0]
+                    held -= old.size
+                    self.dropped_frames += old.size
+                cond.notify()
+
+        def finished() -> None:
+            if not stop.is_set():
+                failure.append("input stream stopped (device unplugged?)")
+            with cond:
+                cond.notify()
+
+        rs = soxr.ResampleStream(self.native_rate, self.sample_rate, 1, dtype="float32")
+        try:
+            stream = sd.InputStream(
+                device=self.device, samplerate=self.native_rate, channels=1, dtype="float32",
+                blocksize=max(1, int(self.blocksize_s * self.native_rate)), callback=callback,
+                finished_callback=finished,
+            )
+            stream.start()
+        except Exception as err:
+            raise SourceError(f"microphone {self.device_name!r}: cannot open ({err})") from err
+        try:
+            while not stop.is_set():
+                with cond:
+                    while not ring and not stop.is_set() and not failure:
+                        cond.wait(0.2)
+                    items = list(ring)
+                    ring.clear()
+                    held = 0
+                if failure:
+                    raise SourceError(f"microphone {self.device_name!r}: {failure[0]}")
+                for block, wall, mono in items:
+                    out = rs.resample_chunk(block)
+                    if out.size:
+                        emit(Chunk(self.name, out, wall, mono))
+        finally:
+            stop.set()
+            try:
+                stream.close()
+            except Exception:  # closing an unplugged device may fail; nothing to save
+                pass
+
+
+_END = object()
+
+
+async def iter_chunks(
+    source: Source, stop: threading.Event | None = None, maxsize: int = 256
+) -> AsyncIterator[Chunk]:
+    """Run ``source`` in a daemon thread and yield its chunks in the event loop.
+
+    The queue is bounded: a file replayed at speed 0 waits for the consumer (backpressure); a
+    microphone's ring buffer absorbs short stalls. A :class:`SourceError` from the source is
+    re-raised here after the chunks it produced. Setting ``stop`` (or closing the iterator)
+    ends the thread. A daemon thread, not the default executor, because a blocked stdin read
+    must not hold up interpreter exit.
+    """
+    loop = asyncio.get_running_loop()
+    stop = stop or threading.Event()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+    slots = threading.Semaphore(maxsize)
+
+    def put(item: Any) -> None:
+        while not slots.acquire(timeout=0.2):
+            if stop.is_set():
+                raise _Stopped
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def worker() -> None:
+        err: BaseException | None = None
+        try:
+            source.run(put, stop)
+        except _Stopped:
+            pass
+        except SourceError as e:
+            err = e
+        except Exception as e:  # anything else still ends only this source, with its cause
+            err = SourceError(f"{source.stream_ids}: source failed ({type(e).__name__}: {e})")
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (_END, err))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    thread = threading.Thread(target=worker, name=f"source-{source.stream_ids}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, tuple) and item and item[0] is _END:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            slots.release()
+            yield item
+    finally:
+        stop.set()
+
+
+class _Stopped(Exception):
+    pass
