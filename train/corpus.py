@@ -151,11 +151,10 @@ def _tess_speaker(token: str) -> str:
 
 
 def _tess_folder(path: Path) -> tuple[str, str] | None:
-    """(speaker, emotion) from the nearest folder named like ``OAF_Fear``, if any."""
-    for parent in path.parents:
-        m = _TESS_FOLDER.match(parent.name)
-        if m and (emotion := canonical_emotion(m["emotion"])):
-            return _tess_speaker(m["speaker"]), emotion
+    """(speaker, emotion) from the file's folder when it is named like ``OAF_Fear``."""
+    m = _TESS_FOLDER.match(path.parent.name)
+    if m and (emotion := canonical_emotion(m["emotion"])):
+        return _tess_speaker(m["speaker"]), emotion
     return None
 
 
@@ -165,10 +164,12 @@ def _parse_tess(path: Path, dropped: Counter[str]) -> tuple[Utterance, Any] | No
         dropped["file name does not match TESS (SPEAKER_word_emotion)"] += 1
         return None
     emotion_token, word_tokens = tokens[-1], tokens[1:-1]
-    emotion = canonical_emotion(emotion_token)
-    if emotion is None and len(tokens) >= 4:  # e.g. OAF_back_pleasant_surprise
-        emotion = canonical_emotion("_".join(tokens[-2:]))
+    # a two-word label first (OAF_back_pleasant_surprise), else the last token
+    emotion = canonical_emotion("_".join(tokens[-2:])) if len(tokens) >= 4 else None
+    if emotion is not None:
         word_tokens = tokens[1:-2]
+    else:
+        emotion = canonical_emotion(emotion_token)
     if emotion is None:
         dropped[f"unmapped emotion {emotion_token.lower()!r}"] += 1
         return None
