@@ -69,7 +69,7 @@ def test_summarize_lists_bad_and_dropped_files(
     write_tone(tmp_path / "03-01-09-01-01-01-01.wav")  # emotion code 09 does not exist
     assert main(["corpus", "summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "ravdess at" in out and "2 files, 2 emotions, 1 speakers, 0 words" in out
+    assert "ravdess at" in out and "2 files, 2 emotions, 1 speaker, 0 words" in out
     assert "unmapped emotion code '09'" in out
     assert "bad files: 2" in out
     assert f"{empty}: empty file" in out and f"{text}: not readable as audio" in out

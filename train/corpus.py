@@ -483,7 +483,7 @@ def scan_corpus(
     ``utterances``; the scan never stops on one bad file. ``progress=None`` shows a tqdm bar
     on stderr only when it is a terminal.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     path = Path(path)
     name = detect_corpus(path) if corpus == "auto" else corpus.lower().replace("-", "")

@@ -71,11 +71,15 @@ def _summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as a short human-readable report."""
     lines = [
-        f"{s['corpus']} at {s['root']}: {s['files']:,} files, {s['n_emotions']} emotions, "
-        f"{s['n_speakers']} speakers, {s['n_words']} words",
+        f"{s['corpus']} at {s['root']}: {_n(s['files'], 'file')}, {_n(s['n_emotions'], 'emotion')}"
+        f", {_n(s['n_speakers'], 'speaker')}, {_n(s['n_words'], 'word')}",
         "",
         "emotion          files",
         *(f"  {e:<12} {n:>7,}" for e, n in s["emotions"].items()),
@@ -95,7 +99,7 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append("sample rates:")
     for rate, info in rates.items():
         n = info["files"]
-        line = f"  {int(rate):>7,} Hz  {n:>7,} file{'s' if n != 1 else ''}"
+        line = f"  {int(rate):>7,} Hz  {n:>7,} {'file' if n == 1 else 'files'}"
         if rate != majority and info["paths"]:
             line += ": " + ", ".join(info["paths"])
         lines.append(line)
