@@ -1,0 +1,468 @@
+"""The live emotion monitor: a Streamlit page over one or more capture daemons.
+
+Start it with ``emotion-monitor dashboard [--url ws://127.0.0.1:8765 ...] [--token T]``, which
+runs ``streamlit run dashboard/app.py -- ARGS``. The websocket feed runs in a thread of its own
+(`dashboard.client.Feed`, kept in ``st.session_state``); the live view is a fragment that
+redraws from a copy of the feed's store at most twice a second, so the page stays responsive
+and a slow redraw never holds up incoming data. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import figures
+from dashboard.alerts import AlertEngine, SustainedFall, SustainedHigh
+from dashboard.client import DEFAULT_URL, Feed
+from dashboard.replay import DEFAULT_MAX_UPLOAD_BYTES, SPEEDS, check_path, check_upload
+from dashboard.session import Session, list_sessions, predictions_csv, read_session
+from dashboard.state import CANONICAL_CLASSES, StreamView, View, snapshot
+from streamer import protocol
+
+MAX_STREAMS_SHOWN = 4
+MIN_REFRESH_S = 0.5  # at most two redraws a second
+START_HINT = ("Start one with `emotion-monitor stream --replay examples/tess_stream --loop`, "
+              "or run everything at once with `emotion-monitor demo`.")
+
+
+# ----------------------------------------------------------------------------- settings
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options `emotion-monitor dashboard` passes through (after ``--``)."""
+    p = argparse.ArgumentParser(prog="dashboard/app.py", add_help=False, allow_abbrev=False)
+    p.add_argument("--url", action="append", default=None)
+    p.add_argument("--token", default=os.environ.get("EMOTION_MONITOR_TOKEN"))
+    p.add_argument("--sessions-dir", default="sessions")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20)
+    p.add_argument("--refresh", type=float, default=MIN_REFRESH_S)
+    p.add_argument("--no-connect", action="store_true")
+    args, _ = p.parse_known_args(argv)
+    args.url = args.url or [DEFAULT_URL]
+    args.refresh = max(MIN_REFRESH_S, args.refresh)
+    return args
+
+
+def config() -> argparse.Namespace:
+    if "config" not in st.session_state:
+        st.session_state.config = parse_args(sys.argv[1:])
+    return st.session_state.config
+
+
+def _session_alive() -> Any:
+    """A callable telling the feed whether this browser session still exists."""
+    try:
+        from streamlit import runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        session_id = ctx.session_id if ctx else None
+    except Exception:  # noqa: BLE001 - outside a running server (tests): no watchdog
+        return None
+    if session_id is None or not runtime.exists():
+        return None
+
+    def alive() -> bool:
+        return runtime.get_instance().is_active_session(session_id)
+
+    return alive
+
+
+def get_feed(cfg: argparse.Namespace) -> Feed:
+    feed = st.session_state.get("feed")
+    if feed is None:
+        feed = Feed(cfg.url, token=cfg.token, keepalive=_session_alive())
+        if not cfg.no_connect:
+            feed.start()
+        st.session_state.feed = feed
+    return feed
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
+    sb = st.sidebar
+    sb.title("🎙️ Emotion monitor")
+    paused = sb.toggle("⏸ Pause view", key="paused",
+                       help="Freeze the picture; data keeps arriving and nothing is lost.")
+    minutes = sb.select_slider("Timeline shows the last", options=[0.5, 1, 2, 5, 10], value=2,
+                               format_func=lambda m: f"{m:g} min")
+    classes = feed.store.classes()
+    with sb.expander("🚨 Alert rules", expanded=False):
+        high_on = st.checkbox("High emotion for a while", value=True)
+        emotions = st.multiselect("Emotions", classes,
+                                  default=[c for c in ("angry", "fear") if c in classes])
+        threshold = st.slider("At or above", 0.3, 0.95, 0.6, 0.05, format="%.2f")
+        duration = st.number_input("For at least (seconds)", 0.0, 120.0, 3.0, 0.5)
+        fall_on = st.checkbox("Sustained fall", value=False)
+        fall_emotion = st.selectbox("Emotion falling", classes,
+                                    index=classes.index("happy") if "happy" in classes else 0)
+        drop = st.slider("Falls by", 0.1, 0.9, 0.3, 0.05, format="%.2f")
+        span = st.number_input("Compared over (seconds)", 2.0, 300.0, 10.0, 1.0)
+    rules: list[Any] = []
+    if high_on and emotions:
+        rules.append(SustainedHigh(tuple(emotions), threshold=threshold, min_duration_s=duration))
+    if fall_on:
+        rules.append(SustainedFall(fall_emotion, drop=drop, span_s=span))
+    with feed.store.lock:
+        if rules != feed.store.alerts.rules:
+            feed.store.alerts.set_rules(rules)
+    with sb.expander("🔌 Daemons", expanded=False):
+        urls = st.text_area("Websocket URLs, one per line", "\n".join(feed.urls))
+        token = st.text_input("Token", value=feed.token or "", type="password")
+        if st.button("Reconnect"):
+            feed.stop()
+            cfg.url = [u.strip() for u in urls.splitlines() if u.strip()] or [DEFAULT_URL]
+            cfg.token = token or None
+            new = Feed(cfg.url, token=cfg.token, keepalive=_session_alive())
+            new.store.alerts.set_rules(rules)
+            st.session_state.feed = new.start()
+            st.session_state.pop("frozen", None)
+            st.rerun()
+    return {"paused": paused, "last_s": float(minutes) * 60.0, "rules": rules}
+
+
+# ----------------------------------------------------------------------------- live view
+
+def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
+    feed: Feed = st.session_state.feed
+    if opts["paused"]:
+        if st.session_state.get("frozen") is None:
+            st.session_state.frozen = snapshot(feed.store)
+        view: View = st.session_state.frozen
+        with feed.store.lock:
+            waiting = feed.store.messages
+        st.info(f"⏸ View paused at {_clock(view.taken_at)}. Data keeps arriving "
+                f"({waiting} messages so far); switch the toggle off to catch up.")
+    else:
+        st.session_state.frozen = None
+        view = snapshot(feed.store)
+
+    connection_bar(view)
+    if not view.streams:
+        if not any(s.state == "connected" for s in view.sources):
+            st.warning(f"**No daemon connected.** {START_HINT}", icon="🔌")
+        else:
+            st.info("Connected. No stream yet: the daemon has nothing to analyse. "
+                    "Start a replay in the **Replay a file** tab.", icon="⏳")
+        return
+    alert_banner(view)
+
+    keys = list(view.streams)
+    running = [k for k in keys if not view.streams[k].ended] or keys
+    default = [k for k in st.session_state.get("picked", running) if k in keys] or running
+    picked = st.multiselect(
+        "Streams", keys, default=default[:MAX_STREAMS_SHOWN],
+        format_func=lambda k: view.streams[k].label, key="stream_picker",
+        help="Agent and caller are separate streams when a call is split by channel.",
+    )
+    st.session_state.picked = picked
+    if not picked:
+        st.caption("Pick a stream to show.")
+    for key in picked:
+        stream_card(view.streams[key], view.classes, opts["last_s"])
+    alert_log(view)
+
+
+def connection_bar(view: View) -> None:
+    now = time.time()
+    parts = []
+    for s in view.sources:
+        if s.state == "connected":
+            model = ((s.hello or {}).get("model") or {}).get("name", "?")
+            since = _ago(now - (s.connected_since or now))
+            parts.append(f"🟢 **{s.url}** connected {since} · model `{model}`"
+                         + (f" · {s.clients} client(s)" if s.clients is not None else ""))
+        elif s.state == "connecting":
+            parts.append(f"🟡 **{s.url}** connecting…")
+        elif s.state == "retrying":
+            wait = max(0.0, (s.next_retry_at or now) - now)
+            parts.append(f"🔴 **{s.url}** {s.detail} — retrying in {wait:.0f} s")
+        else:
+            parts.append(f"⚪ **{s.url}** {s.state} {s.detail}")
+    st.markdown("  \n".join(parts) or "⚪ no daemon configured")
+
+
+def alert_banner(view: View) -> None:
+    if not view.active_alerts:
+        return
+    latest = {(a.rule, a.stream): a for a in view.alert_log}
+    for rule, stream in view.active_alerts:
+        a = latest.get((rule, stream))
+        text = a.message if a else rule
+        label = view.streams[stream].label if stream in view.streams else stream
+        st.error(f"**ALERT · {label}** — {text}  \n_rule: {rule}_", icon="🚨")
+
+
+def stream_card(s: StreamView, classes: list[str], last_s: float) -> None:
+    with st.container(border=True):
+        state = f" · ended ({s.ended})" if s.ended else ""
+        st.subheader(f"{s.label}{state}")
+        health_row(s)
+        left, right = st.columns([3, 2])
+        left.plotly_chart(figures.timeline_figure(s.predictions, classes, last_s=last_s),
+                          key=f"timeline-{s.key}", config={"displayModeBar": False})
+        right.plotly_chart(figures.distribution_figure(s.counts, classes),
+                           key=f"dist-{s.key}", config={"displayModeBar": False})
+        explanation_block(s.explanation, key=f"expl-{s.key}")
+
+
+def health_row(s: StreamView) -> None:
+    latest = s.predictions[-1] if s.predictions else None
+    voiced = next((p for p in reversed(s.predictions) if p.voiced), None)
+    cols = st.columns(6)
+    if latest is not None and latest.voiced and latest.label:
+        cols[0].metric("Current emotion",
+                       f"{figures.EMOTION_ICONS.get(latest.label, '')} {latest.label}")
+        cols[1].metric("Confidence", f"{latest.confidence:.0%}")
+    elif voiced is not None and latest is not None:
+        cols[0].metric("Current emotion", "🤫 no speech",
+                       help=f"last speech: {voiced.label} at {voiced.t_end:.1f} s")
+        cols[1].metric("Confidence", "—", help=f"last speech {latest.t_end - voiced.t_end:.1f} s "
+                       f"ago: {voiced.label} {voiced.confidence:.0%}")
+    else:
+        cols[0].metric("Current emotion", "🤫 no speech" if latest else "—")
+        cols[1].metric("Confidence", "—")
+    lag = s.health.get("lag_s")
+    cols[2].metric("Lag", "unpaced" if s.health and lag is None else
+                   ("—" if lag is None else f"{lag:.2f} s"),
+                   help="How far analysis trails real time (from the daemon's status).")
+    dropped = s.health.get("dropped_windows")
+    cols[3].metric("Dropped windows", "—" if dropped is None else f"{dropped}",
+                   help=f"Skipped by the daemon; {s.gaps} more missing on the way here.")
+    windows = s.health.get("windows") or s.n_windows
+    voiced_n = s.health.get("voiced_windows") if s.health else s.n_voiced
+    cols[4].metric("Voiced windows", "—" if not windows else f"{(voiced_n or 0) / windows:.0%}",
+                   help=f"{voiced_n} of {windows} windows had speech.")
+    lat = [p.latency_ms for p in s.predictions[-20:] if p.latency_ms is not None]
+    cols[5].metric("Latency", f"{statistics.median(lat):.0f} ms" if lat else "—",
+                   help="Median over the last 20 windows, daemon side.")
+
+
+def explanation_block(msg: dict[str, Any] | None, key: str) -> None:
+    if msg is None:
+        st.caption("No explanation yet (the daemon sends one every `explain_every` voiced "
+                   "windows).")
+        return
+    left, right = st.columns([3, 2])
+    try:
+        fig = figures.explanation_figure(msg)
+    except (protocol.ProtocolError, KeyError, ValueError) as exc:
+        left.warning(f"This explanation could not be drawn: {exc}")
+    else:
+        left.plotly_chart(fig, key=key, config={"displayModeBar": False})
+    rows = figures.explanation_metrics(msg)
+    right.markdown(f"**Grad-CAM Analysis for class: {msg.get('class')}**  \n"
+                   f"method `{msg.get('method')}` · window #{msg.get('seq')}")
+    right.table({"metric": list(rows), "value": list(rows.values())})
+
+
+def alert_log(view: View) -> None:
+    with st.expander(f"Alert log ({len(view.alert_log)}) and events ({len(view.events)})",
+                     expanded=bool(view.alert_log)):
+        if view.alert_log:
+            rows = [{"time": _clock(a.wall), "stream": a.stream, "stream time": f"{a.t:.1f} s",
+                     "rule": a.rule, "what": a.message} for a in reversed(view.alert_log)]
+            st.dataframe(rows[:200], hide_index=True)
+        else:
+            st.caption("No alert so far.")
+        for t, level, text in list(reversed(view.events))[:20]:
+            icon = {"error": "❌", "warning": "⚠️"}.get(level, "ℹ️")
+            st.caption(f"{icon} {_clock(t)} {text}")
+
+
+# ----------------------------------------------------------------------------- replay tab
+
+def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
+    st.markdown("Have a daemon analyse a recording as a new stream. Upload a WAV or FLAC "
+                "file, or name one inside the daemon's allowed directory (`--allowed-dir`).")
+    connected = feed.connected()
+    if not connected:
+        st.warning(f"No daemon connected, so nothing can be replayed yet. {START_HINT}",
+                   icon="🔌")
+        return
+    url = st.selectbox("Daemon", connected) if len(connected) > 1 else connected[0]
+    limits = (feed.store.source(url).hello or {}).get("limits") or {}
+    max_bytes = int(min(cfg.max_upload_mb * 2**20,
+                        limits.get("max_upload_bytes") or DEFAULT_MAX_UPLOAD_BYTES))
+    how = st.radio("File", ["Upload", "Path on the daemon"], horizontal=True)
+    upload = path = None
+    if how == "Upload":
+        upload = st.file_uploader(f"WAV or FLAC, up to {max_bytes / 2**20:.0f} MiB",
+                                  type=["wav", "flac"], max_upload_size=max(1, max_bytes // 2**20))
+    else:
+        path = st.text_input("Path (relative to the daemon's allowed directory)",
+                             placeholder="calls/2026-11-21/call-0042.flac")
+    c1, c2, c3 = st.columns(3)
+    speed = c1.select_slider("Speed", options=list(SPEEDS), value=1.0,
+                             format_func=lambda v: "as fast as possible" if v == 0 else f"{v:g}×")
+    loop = c2.checkbox("Loop")
+    split = c3.checkbox("Split channels (agent / caller)")
+    if not st.button("▶ Replay", type="primary"):
+        return
+    request_id = f"replay-{int(time.time() * 1000) % 10**9}"
+    try:
+        if upload is not None:
+            data = upload.getvalue()
+            check_upload(upload.name, data, max_bytes)
+            msg = protocol.replay(upload_name=upload.name, upload_data=data, speed=speed,
+                                  loop=loop, split_channels=split, id=request_id)
+        elif path:
+            msg = protocol.replay(path=check_path(path), speed=speed, loop=loop,
+                                  split_channels=split, id=request_id)
+        else:
+            st.error("Choose a file first.")
+            return
+        feed.send(url, msg)
+    except (ValueError, ConnectionError) as exc:
+        st.error(str(exc))
+        return
+    reply = _await_reply(feed, request_id)
+    if reply is None:
+        st.info("Sent; the daemon has not answered yet. The new stream will appear in the "
+                "Live tab.")
+    elif reply["type"] == "error":
+        st.error(f"The daemon refused: {reply['message']} ({reply['code']})")
+    else:
+        st.success(f"Replaying as stream `{reply.get('stream') or '?'}`: see the Live tab.")
+
+
+def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with feed.store.lock:
+            reply = feed.store.replies.get(request_id)
+        if reply is not None and reply["type"] in ("ack", "error"):
+            if reply["type"] == "ack" and isinstance(reply.get("stream"), dict):
+                reply = {**reply, "stream": reply["stream"].get("stream")}
+            return reply
+        time.sleep(0.05)
+    return None
+
+
+# ----------------------------------------------------------------------------- review tab
+
+def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
+    directory = st.text_input("Session logs folder", value=cfg.sessions_dir,
+                              help="Where the daemon writes sessions/<id>.jsonl "
+                                   "(its --sessions-dir).")
+    files = list_sessions(directory)
+    if not files:
+        st.info(f"No session log in `{directory}` yet. The daemon writes one per run.")
+        return
+    path = st.selectbox("Session", files, format_func=_session_name)
+    try:
+        session = _load_session(path, rules)
+    except (OSError, ValueError) as exc:
+        st.error(f"Cannot read {path.name}: {exc}")
+        return
+    store = session.store
+    st.caption(f"Session `{session.session_id}` · {session.lines} lines"
+               + (f" · {len(session.skipped)} skipped" if session.skipped else ""))
+    if session.skipped:
+        with st.expander("Skipped lines"):
+            st.code("\n".join(session.skipped[:50]))
+    if not store.streams:
+        st.info("This session has no stream.")
+        return
+    view = snapshot(store)
+    key = st.selectbox("Stream", list(view.streams), format_func=lambda k: view.streams[k].label,
+                       key="review_stream")
+    s = view.streams[key]
+    preds = s.predictions
+    cols = st.columns(4)
+    cols[0].metric("Windows", f"{s.n_windows}")
+    cols[1].metric("Voiced", f"{s.n_voiced / s.n_windows:.0%}" if s.n_windows else "—")
+    cols[2].metric("Duration", f"{preds[-1].t_end:.1f} s" if preds else "—")
+    alerts = [a for a in view.alert_log if a.stream == key]
+    cols[3].metric("Alerts (current rules)", f"{len(alerts)}")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.timeline_figure(preds, view.classes, last_s=None,
+                                              title="Whole session"),
+                      key="review-timeline")
+    right.plotly_chart(figures.distribution_figure(s.counts, view.classes), key="review-dist")
+    if alerts:
+        st.dataframe([{"stream time": f"{a.t:.1f} s", "rule": a.rule, "what": a.message}
+                      for a in alerts], hide_index=True)
+    seqs = session.explained_seqs(s.stream_id)
+    if seqs:
+        seq = st.select_slider("Explanation of window", options=seqs, value=seqs[-1],
+                               key="review_seq")
+        pred = next((p for p in preds if p.seq == seq), None)
+        if pred is not None and pred.voiced:
+            st.caption(f"Window #{seq}: {pred.t_start:.1f}–{pred.t_end:.1f} s, "
+                       f"{pred.label} {pred.confidence:.0%}")
+        explanation_block(session.explanation(s.stream_id, seq), key="review-expl")
+    else:
+        st.caption("No explanation in this session for this stream.")
+    st.download_button(
+        "⬇ Export predictions as CSV",
+        data=lambda: predictions_csv(preds, view.classes),
+        file_name=f"{session.session_id}-{s.stream_id}.csv", mime="text/csv",
+    )
+
+
+def _load_session(path: Path, rules: list[Any]) -> Session:
+    stat = path.stat()
+    cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(map(repr, rules)))
+    cached = st.session_state.get("review_cache")
+    if cached is None or cached[0] != cache_key:
+        cached = (cache_key, read_session(path, alerts=AlertEngine(rules)))
+        st.session_state.review_cache = cached
+    return cached[1]
+
+
+def _session_name(path: Path) -> str:
+    stat = path.stat()
+    return (f"{path.name} · {datetime.fromtimestamp(stat.st_mtime):%Y-%m-%d %H:%M} · "
+            f"{stat.st_size / 1024:.0f} KiB")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def live_csv(feed: Feed) -> str:
+    view = snapshot(feed.store)
+    preds = [p for s in view.streams.values() for p in s.predictions]
+    return predictions_csv(preds, view.classes or list(CANONICAL_CLASSES))
+
+
+# ----------------------------------------------------------------------------- page
+
+def main() -> None:
+    st.set_page_config(page_title="Emotion monitor", page_icon="🎙️", layout="wide")
+    cfg = config()
+    feed = get_feed(cfg)
+    opts = sidebar(cfg, feed)
+    st.sidebar.download_button("⬇ Export live buffer as CSV", data=lambda: live_csv(feed),
+                               file_name="emotion-monitor-live.csv", mime="text/csv")
+    live, replay, review = st.tabs(["📈 Live", "▶ Replay a file", "🗂 Review a session"])
+    with live:
+        st.fragment(run_every=cfg.refresh)(live_view)(cfg, opts)
+    with replay:
+        replay_tab(cfg, feed)
+    with review:
+        review_tab(cfg, opts["rules"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Plotly figures of the dashboard, as plain functions of the data (no Streamlit), so the live
+view and the session review draw the same pictures and tests can inspect them."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from dashboard.state import Prediction
+from streamer import protocol
+
+#: One colour per emotion everywhere in the app (colour-blind-friendly Okabe-Ito based).
+EMOTION_COLORS = {
+    "angry": "#D55E00",
+    "disgust": "#009E73",
+    "fear": "#7B3294",
+    "happy": "#E69F00",
+    "neutral": "#8C8C8C",
+    "sad": "#0072B2",
+    "surprise": "#CC79A7",
+}
+EMOTION_ICONS = {
+    "angry": "😠", "disgust": "🤢", "fear": "😨", "happy": "😀", "neutral": "😐", "sad": "😢",
+    "surprise": "😲",
+}
+_FALLBACK = ["#56B4E9", "#F0E442", "#000000", "#999933", "#882255"]
+# Grad-CAM overlay: transparent where the CAM is low, then yellow to red.
+_CAM_SCALE = [
+    [0.0, "rgba(255,255,0,0)"], [0.3, "rgba(255,255,0,0)"], [0.5, "rgba(255,200,0,0.45)"],
+    [0.75, "rgba(255,100,0,0.65)"], [1.0, "rgba(220,0,0,0.8)"],
+]
+
+
+def color(label: str) -> str:
+    return EMOTION_COLORS.get(label, _FALLBACK[hash(label) % len(_FALLBACK)])
+
+
+def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "font": {"size": 14}}, height=height,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40}, template="plotly_white",
+        legend={"orientation": "h", "y": -0.22, "x": 0},
+    )
+    return fig
+
+
+def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
+                    last_s: float | None = 120.0, title: str = "Emotion timeline") -> go.Figure:
+    """Probability of each class per window over stream time (each window at its end).
+
+    Unvoiced windows and windows missing from the sequence break the lines (None), and
+    stretches without speech are shaded, so silence never reads as "neutral".
+    """
+    preds = list(predictions)
+    if preds and last_s is not None:
+        horizon = preds[-1].t_end - last_s
+        preds = preds[bisect_left([p.t_end for p in preds], horizon):]
+    xs: list[float | None] = []
+    ys: dict[str, list[float | None]] = {c: [] for c in classes}
+    silent: list[tuple[float, float]] = []
+    prev: Prediction | None = None
+    for p in preds:
+        if prev is not None and p.seq != prev.seq + 1:
+            xs.append(None)
+            for c in classes:
+                ys[c].append(None)
+        xs.append(p.t_end)
+        for c in classes:
+            ys[c].append(p.probs.get(c) if p.voiced else None)
+        if not p.voiced:
+            lo = prev.t_end if prev is not None else p.t_start
+            if silent and abs(silent[-1][1] - lo) < 1e-6:
+                silent[-1] = (silent[-1][0], p.t_end)
+            else:
+                silent.append((lo, p.t_end))
+        prev = p
+    fig = go.Figure()
+    for c in classes:
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys[c], name=c, mode="lines", connectgaps=False,
+            line={"color": color(c), "width": 2.5 if c != "neutral" else 1.5},
+            hovertemplate=f"{c}: %{{y:.0%}} at %{{x:.1f}} s<extra></extra>",
+        ))
+    for lo, hi in silent:
+        fig.add_vrect(x0=lo, x1=hi, fillcolor="#bbbbbb", opacity=0.25, line_width=0, layer="below")
+    if silent:
+        # A legend entry for the shading.
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="no speech",
+                                 marker={"color": "#bbbbbb", "symbol": "square", "size": 12}))
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title=None)
+    fig.update_xaxes(title="stream time (s)")
+    if not preds:
+        fig.add_annotation(text="waiting for the first window…", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+    return _layout(fig, title, 300)
+
+
+def distribution_figure(counts: Mapping[str, int] | Counter, classes: Sequence[str],
+                        title: str = "Session distribution (voiced windows)") -> go.Figure:
+    total = sum(counts.values())
+    shares = [counts.get(c, 0) / total if total else 0.0 for c in classes]
+    fig = go.Figure(go.Bar(
+        x=shares, y=list(classes), orientation="h",
+        marker={"color": [color(c) for c in classes]},
+        text=[f"{s:.0%}" for s in shares], textposition="auto",
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_xaxes(range=[0, max([*shares, 0.01]) * 1.15], tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"{title} · {total} windows", 300)
+
+
+def probabilities_figure(probs: Mapping[str, float], classes: Sequence[str]) -> go.Figure:
+    """The latest window's probabilities as bars."""
+    vals = [float(probs.get(c, 0.0)) for c in classes]
+    fig = go.Figure(go.Bar(x=list(classes), y=vals, marker={"color": [color(c) for c in classes]},
+                           text=[f"{v:.0%}" for v in vals], textposition="auto"))
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return _layout(fig, "Latest window", 220)
+
+
+def explanation_figure(msg: Mapping[str, Any]) -> go.Figure:
+    """Log-mel spectrogram with the Grad-CAM overlay and the focus box of one explanation.
+
+    Bands are drawn evenly (mel spacing) and labelled in Hz, so low frequencies are not
+    squashed as they would be on a linear Hz axis.
+    """
+    spec = protocol.decode_frame(msg["spectrogram"])
+    cam = protocol.decode_frame({**msg["cam"], "min": 0.0, "max": 1.0})
+    times = list(msg["axes"]["times_s"])
+    freqs = list(msg["axes"]["freqs_hz"])
+    bands = list(range(len(freqs)))
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(
+        z=spec.tolist(), x=times, y=bands, colorscale="gray", showscale=False,
+        hovertemplate="%{x:.2f} s, band %{y}<br>log-mel %{z:.2f}<extra></extra>",
+    ))
+    fig.add_trace(go.Heatmap(
+        z=cam.tolist(), x=times, y=bands, colorscale=_CAM_SCALE, zmin=0, zmax=1,
+        colorbar={"title": {"text": "Grad-CAM"}, "len": 0.8, "thickness": 12},
+        hovertemplate="%{x:.2f} s, band %{y}<br>CAM %{z:.2f}<extra></extra>",
+        name="Grad-CAM",
+    ))
+    metrics = msg.get("metrics") or {}
+    ft, ff = metrics.get("focus_time_s"), metrics.get("focus_freq_hz")
+    if ft and ff:
+        fig.add_shape(type="rect", x0=ft[0], x1=ft[1], y0=_band_of(ff[0], freqs) - 0.5,
+                      y1=_band_of(ff[1], freqs) + 0.5, line={"color": "#00E5FF", "width": 3},
+                      fillcolor="rgba(0,0,0,0)")
+        fig.add_annotation(x=ft[0], y=_band_of(ff[1], freqs) + 0.5, text="focus",
+                           showarrow=False, yanchor="bottom", xanchor="left",
+                           font={"color": "#00B8D4", "size": 12})
+    step = max(1, len(freqs) // 6)
+    ticks = bands[::step]
+    fig.update_yaxes(tickvals=ticks, ticktext=[_hz(freqs[i]) for i in ticks], title="Hz (mel)")
+    fig.update_xaxes(title="time in window (s)")
+    title = (f"Grad-CAM for class: {msg.get('class')} · {msg.get('method')} · "
+             f"window #{msg.get('seq')}")
+    return _layout(fig, title, 320)
+
+
+def explanation_metrics(msg: Mapping[str, Any]) -> dict[str, str]:
+    """The explanation's metrics as the paper's text block, label -> formatted value."""
+    m = msg.get("metrics") or {}
+    out = {
+        "Model confidence": _pct(m.get("confidence")),
+        "Max activation": _num(m.get("max_activation")),
+        "Mean activation": _num(m.get("mean_activation")),
+        "Activated area": _pct(m.get("activated_area_pct"), already=True),
+        "Entropy": _num(m.get("entropy")),
+    }
+    ft, ff = m.get("focus_time_s"), m.get("focus_freq_hz")
+    out["Focus region"] = (f"{ft[0]:.2f}–{ft[1]:.2f} s, {_hz(ff[0])}–{_hz(ff[1])} Hz"
+                           if ft and ff else "none")
+    drop, rnd = m.get("confidence_drop"), m.get("random_drop")
+    out["Confidence drop (focus masked)"] = _pct(drop)
+    out["Drop, random region"] = _pct(rnd)
+    return out
+
+
+def _band_of(hz: float, freqs: Sequence[float]) -> float:
+    """Fractional band index of a frequency (linear between band centres)."""
+    if not freqs:
+        return 0.0
+    if hz <= freqs[0]:
+        return 0.0
+    for i in range(1, len(freqs)):
+        if hz <= freqs[i]:
+            lo, hi = freqs[i - 1], freqs[i]
+            return i - 1 + (hz - lo) / (hi - lo if hi > lo else 1.0)
+    return float(len(freqs) - 1)
+
+
+def _hz(v: float) -> str:
+    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+
+
+def _pct(v: float | None, already: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.1f}%" if already else f"{v:.1%}"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"

@@ -1,0 +1,314 @@
+"""The dashboard's data model: what it knows of each stream, fed one protocol message at a time.
+
+`Store.apply(source, message)` is the only way data gets in, both for the live feed and for a
+past session read back from its JSONL log, so live view and review cannot disagree. Every
+per-stream history is a ``deque`` with a ``maxlen``: memory stays bounded however long a
+session runs (the session counters are plain integers).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dashboard.alerts import Alert, AlertEngine, Observation
+
+# About 10 minutes of history per stream at the default 0.5 s hop.
+DEFAULT_MAX_PREDICTIONS = 1200
+DEFAULT_MAX_EXPLANATIONS = 20
+DEFAULT_MAX_EVENTS = 200
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One window's result. ``probs`` is empty and ``label`` None when the window was unvoiced."""
+
+    stream: str
+    seq: int
+    t_start: float
+    t_end: float
+    wall: float
+    probs: Mapping[str, float]
+    label: str | None
+    confidence: float | None
+    voiced: bool
+    latency_ms: float | None = None
+
+
+@dataclass
+class StreamData:
+    """Everything shown for one stream. ``key`` is unique across daemons; ``stream_id`` is the
+    daemon's own id (what `subscribe`, `stop_stream` and the session log use)."""
+
+    key: str
+    source: str
+    stream_id: str
+    info: dict[str, Any] = field(default_factory=dict)
+    predictions: deque[Prediction] = field(default_factory=deque)
+    explanations: deque[dict[str, Any]] = field(default_factory=deque)
+    counts: Counter[str] = field(default_factory=Counter)
+    n_windows: int = 0
+    n_voiced: int = 0
+    gaps: int = 0  # windows missing from seq (lost on the way or dropped by the daemon)
+    last_seq: int | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+    ended: str | None = None
+    last_seen: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """A human name: id, source file or device, and the channel's role when split."""
+        parts = [self.key]
+        source = str(self.info.get("source") or "")
+        if source:
+            parts.append(source.replace("\\", "/").rsplit("/", 1)[-1][:40])
+        channel = self.info.get("channel")
+        if channel is not None:
+            role = CHANNEL_ROLES.get(int(channel), f"channel {channel}")
+            parts.append(f"ch {channel} ({role})")
+        return " · ".join(parts)
+
+    @property
+    def voiced_share(self) -> float | None:
+        return self.n_voiced / self.n_windows if self.n_windows else None
+
+    def latest_voiced(self) -> Prediction | None:
+        for p in reversed(self.predictions):
+            if p.voiced:
+                return p
+        return None
+
+
+@dataclass
+class SourceState:
+    """One daemon connection as the user sees it."""
+
+    url: str
+    state: str = "idle"  # idle | connecting | connected | retrying | closed
+    detail: str = ""
+    hello: dict[str, Any] | None = None
+    connected_since: float | None = None
+    attempts: int = 0
+    next_retry_at: float | None = None
+    clients: int | None = None
+    last_message_at: float | None = None
+
+
+class Store:
+    """Thread-safe container of sources, streams, alerts and recent events.
+
+    The feed thread calls `apply`; the app reads under `lock` (or copies with `snapshot`).
+    """
+
+    def __init__(
+        self,
+        max_predictions: int = DEFAULT_MAX_PREDICTIONS,
+        max_explanations: int = DEFAULT_MAX_EXPLANATIONS,
+        alerts: AlertEngine | None = None,
+    ) -> None:
+        self.max_predictions = max_predictions
+        self.max_explanations = max_explanations
+        self.alerts = alerts if alerts is not None else AlertEngine()
+        self.lock = threading.RLock()
+        self.sources: dict[str, SourceState] = {}
+        self.streams: dict[str, StreamData] = {}
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=DEFAULT_MAX_EVENTS)
+        self.messages = 0
+        self.rejected = 0
+        # Replies to this dashboard's own requests, by request id (bounded).
+        self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    # -- keys --------------------------------------------------------------------------------
+    def stream_key(self, source: str, stream_id: str) -> str:
+        """The stream id alone while one daemon is watched; prefixed by the daemon otherwise."""
+        others = [s for s in self.sources if s != source]
+        return f"{_short(source)} / {stream_id}" if others else str(stream_id)
+
+    def _stream(self, source: str, stream_id: str) -> StreamData:
+        for data in self.streams.values():
+            if data.source == source and data.stream_id == stream_id:
+                return data
+        key = self.stream_key(source, stream_id)
+        data = StreamData(
+            key=key, source=source, stream_id=stream_id,
+            predictions=deque(maxlen=self.max_predictions),
+            explanations=deque(maxlen=self.max_explanations),
+        )
+        self.streams[key] = data
+        return data
+
+    def source(self, url: str) -> SourceState:
+        with self.lock:
+            if url not in self.sources:
+                self.sources[url] = SourceState(url)
+            return self.sources[url]
+
+    def event(self, level: str, text: str) -> None:
+        with self.lock:
+            self.events.append((time.time(), level, text))
+
+    # -- ingest ------------------------------------------------------------------------------
+    def apply(self, source: str, msg: Mapping[str, Any]) -> list[Alert]:
+        """Fold one (validated) protocol v1 message into the state; returns alerts it raised.
+
+        Message types this dashboard has no use for (``ack``, ``pong``) are counted only.
+        """
+        kind = msg.get("type")
+        with self.lock:
+            self.messages += 1
+            src = self.source(source)
+            src.last_message_at = time.time()
+            if kind == "prediction":
+                return self._prediction(source, msg)
+            if kind == "explanation":
+                self._stream(source, str(msg["stream"])).explanations.append(dict(msg))
+            elif kind == "hello":
+                src.hello = dict(msg)
+                for info in msg.get("streams") or []:
+                    self._stream_info(source, info)
+            elif kind == "status":
+                self._status(source, msg)
+            if kind == "stream_started":
+                data = self._stream_info(source, msg["stream"])
+                self.events.append((time.time(), "info", f"{data.label}: stream started"))
+            elif kind == "stream_ended":
+                data = self._stream(source, str(msg["stream"]))
+                data.ended = str(msg.get("reason") or "ended")
+                data.info["state"] = "ended"
+                self.events.append((time.time(), "warning" if data.ended == "error" else "info",
+                                    f"{data.label}: stream ended ({data.ended})"))
+            if kind in ("ack", "error", "stream_started") and msg.get("ref") is not None:
+                self.replies[str(msg["ref"])] = dict(msg)
+                while len(self.replies) > 100:
+                    self.replies.popitem(last=False)
+            if kind == "error":
+                where = f" / {msg['stream']}" if msg.get("stream") else ""
+                self.events.append((time.time(), "error", f"{_short(source)}{where}: "
+                                    f"{msg.get('code', 'error')}: {msg.get('message', '')}"))
+            return []
+
+    def _stream_info(self, source: str, info: Mapping[str, Any]) -> StreamData:
+        data = self._stream(source, str(info["stream"]))
+        data.info = dict(info)
+        data.ended = None if info.get("state", "running") == "running" else "ended"
+        return data
+
+    def _prediction(self, source: str, msg: Mapping[str, Any]) -> list[Alert]:
+        data = self._stream(source, str(msg["stream"]))
+        voiced = bool(msg["voiced"])
+        probs = dict(msg.get("probabilities") or {}) if voiced else {}
+        seq = int(msg["seq"])
+        pred = Prediction(
+            stream=data.stream_id, seq=seq,
+            t_start=float(msg["t_start"]), t_end=float(msg["t_end"]),
+            wall=float(msg["wall_time"]), probs=probs,
+            label=msg.get("label") if voiced else None,
+            confidence=float(msg["confidence"]) if voiced else None,
+            voiced=voiced,
+            latency_ms=float(msg["latency_ms"]) if msg.get("latency_ms") is not None else None,
+        )
+        if data.last_seq is not None:
+            if seq > data.last_seq + 1:
+                data.gaps += seq - data.last_seq - 1
+            elif seq <= data.last_seq:
+                # The stream started over (daemon restarted under the same id).
+                data.predictions.clear()
+                data.explanations.clear()
+        data.last_seq = seq
+        data.predictions.append(pred)
+        data.n_windows += 1
+        data.last_seen = time.time()
+        data.ended = None
+        if voiced:
+            data.n_voiced += 1
+            if pred.label:
+                data.counts[pred.label] += 1
+        return self.alerts.observe(
+            data.key, Observation(t_end=pred.t_end, voiced=voiced, probs=probs, wall=pred.wall)
+        )
+
+    def _status(self, source: str, msg: Mapping[str, Any]) -> None:
+        src = self.source(source)
+        src.clients = len(msg.get("clients") or [])
+        for health in msg.get("streams") or []:
+            data = self._stream(source, str(health["stream"]))
+            data.health = dict(health)
+
+    # -- reading -----------------------------------------------------------------------------
+    def classes(self) -> list[str]:
+        """The model's classes from the first `hello` (canonical order if none yet)."""
+        with self.lock:
+            for src in self.sources.values():
+                card = (src.hello or {}).get("model") or {}
+                if card.get("classes"):
+                    return list(card["classes"])
+        return list(CANONICAL_CLASSES)
+
+
+#: Who is on which side of a call split by channel (``--split-channels``): the usual
+#: call-centre recording puts the agent on the left channel.
+CHANNEL_ROLES = {0: "agent", 1: "caller"}
+CANONICAL_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def _short(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A copy of one stream's state for drawing, taken under the lock in one go."""
+
+    key: str
+    label: str
+    stream_id: str
+    source: str
+    info: dict[str, Any]
+    predictions: list[Prediction]
+    explanation: dict[str, Any] | None
+    counts: dict[str, int]
+    health: dict[str, Any]
+    n_windows: int
+    n_voiced: int
+    gaps: int
+    ended: str | None
+
+
+@dataclass(frozen=True)
+class View:
+    """What one redraw shows. Pausing the dashboard keeps one of these while data flows on."""
+
+    taken_at: float
+    sources: list[SourceState]
+    streams: dict[str, StreamView]
+    classes: list[str]
+    active_alerts: list[tuple[str, str]]
+    alert_log: list[Alert]
+    events: list[tuple[float, str, str]]
+
+
+def snapshot(store: Store) -> View:
+    """Copy what the app draws, so drawing happens outside the lock."""
+    from copy import copy
+
+    classes = store.classes()
+    with store.lock:
+        streams = {
+            key: StreamView(
+                key=key, label=d.label, stream_id=d.stream_id, source=d.source,
+                info=dict(d.info), predictions=list(d.predictions),
+                explanation=d.explanations[-1] if d.explanations else None,
+                counts=dict(d.counts), health=dict(d.health), n_windows=d.n_windows,
+                n_voiced=d.n_voiced, gaps=d.gaps, ended=d.ended,
+            )
+            for key, d in store.streams.items()
+        }
+        return View(
+            taken_at=time.time(), sources=[copy(s) for s in store.sources.values()],
+            streams=streams, classes=classes, active_alerts=store.alerts.active(),
+            alert_log=list(store.alerts.log), events=list(store.events),
+        )
