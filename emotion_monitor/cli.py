@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
+    "train.experiments_cli",
 )
 
 EPILOG = """examples:
