@@ -1,0 +1,584 @@
+"""The capture daemon: sources -> windows -> batched inference (worker thread) -> messages ->
+session log + websocket clients.
+
+One asyncio loop owns everything except the blocking work: each source runs in its own thread
+(``sources.iter_chunks``), inference and Grad-CAM run in one worker thread
+(``Engine.process``), fsync runs in a thread. Messages are published in the loop: appended to
+the session log, then queued to each client without waiting (``server.Server.broadcast``).
+
+Windows wait for inference in one bounded queue. A paced source (microphone, real-time replay)
+never waits: when the queue is full the oldest window is dropped and counted in its stream's
+``dropped_windows``. An unpaced replay (speed 0) waits instead, so a fast replay loses nothing.
+
+A failing source (unreadable file, unplugged microphone) ends its own streams with ``error``
+and ``stream_ended``; the others go on. SIGINT/SIGTERM: sources stop, queued windows are
+inferred (up to ``shutdown_grace_s``), every stream ends with reason ``shutdown``, the log is
+fsynced and closed, clients are closed with 1001, and ``run`` returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer import protocol
+from streamer.server import Client, Server, ServerConfig
+from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
+
+log = logging.getLogger("streamer.daemon")
+
+# A file with more channels than this is refused rather than mixed down: which channel holds
+# the speech of a 5.1 recording is anyone's guess.
+MAX_REPLAY_CHANNELS = 2
+
+
+@dataclass
+class DaemonConfig:
+    model_path: str | Path = "models/default.pt"
+    device: str = "auto"
+    hop_s: float = 0.5
+    explain_every: int = 1
+    vad: str = "silero"  # "silero" | "energy" | "off"
+    vad_threshold: float = 0.5
+    vad_min_voiced: float = 0.1
+    sessions_dir: str | Path = "sessions"
+    session_id: str | None = None
+    record_audio: bool = False
+    allowed_dir: str | Path | None = None
+    gap_s: float = 0.5
+    max_batch: int = 64
+    max_pending_windows: int = 256
+    max_streams: int = 64
+    status_interval_s: float = 1.0
+    shutdown_grace_s: float = 3.0
+    exit_when_done: bool = False  # stop once every stream has ended (tests, benchmarks)
+    validate_outgoing: bool = True
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+@dataclass
+class _Stream:
+    info: dict
+    source: Any
+    windower: Any
+    speed: float | None  # None: not paced against real time (speed 0, stdin)
+    started: float = field(default_factory=time.monotonic)
+    received: int = 0  # samples
+    processed: int = 0  # samples whose windows have all been inferred
+    pending: int = 0  # windows waiting for inference
+    windows: int = 0
+    voiced: int = 0
+    dropped: int = 0
+    state: str = "running"
+
+
+@dataclass
+class _End:
+    """Queued after a stream's last window, so stream_ended follows its last prediction."""
+
+    stream_id: str
+    reason: str
+    error: Exception | None = None
+
+
+class _Pending:
+    """The bounded queue of windows (and end markers) waiting for inference."""
+
+    def __init__(self, max_windows: int) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self.windows = 0
+        self.max_windows = max_windows
+        self.changed = asyncio.Condition()
+
+    async def put(self, item: Any, wait: bool) -> Any | None:
+        """Queue ``(window, received)``; returns a dropped window's item when full and not
+        ``wait``."""
+        dropped = None
+        async with self.changed:
+            if wait:
+                await self.changed.wait_for(lambda: self.windows < self.max_windows)
+            elif self.windows >= self.max_windows:
+                for i, old in enumerate(self.items):
+                    if not isinstance(old, _End):
+                        dropped = old
+                        del self.items[i]
+                        self.windows -= 1
+                        break
+            self.items.append(item)
+            self.windows += 1
+            self.changed.notify_all()
+        return dropped
+
+    async def put_end(self, end: _End) -> None:
+        async with self.changed:
+            self.items.append(end)
+            self.changed.notify_all()
+
+    async def get_batch(self, max_windows: int) -> list[Any]:
+        """Everything ready now (at least one item), at most ``max_windows`` windows."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: bool(self.items))
+            out: list[Any] = []
+            n = 0
+            while self.items and n < max_windows:
+                item = self.items.popleft()
+                out.append(item)
+                if not isinstance(item, _End):
+                    n += 1
+                    self.windows -= 1
+            self.changed.notify_all()
+            return out
+
+
+class Daemon:
+    """Wires sources, engine, session log and server; ``await run()`` until stopped."""
+
+    def __init__(self, config: DaemonConfig, sources: list[Any] | None = None,
+                 model: Any = None, engine: Any = None) -> None:
+        self.config = config
+        self.initial_sources = list(sources or [])
+        self.model = model
+        self.engine = engine
+        self.session_id = config.session_id or new_session_id()
+        self.streams: dict[str, _Stream] = {}
+        self.server: Server | None = None
+        self.log: SessionLog | None = None
+        self.recorder: AudioRecorder | None = None
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._source_stops: dict[int, threading.Event] = {}
+        self._stop_reason: dict[int, str] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._pending: _Pending | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._upload_dir: Path | None = None
+        self._uploads: dict[int, Path] = {}
+        self._busy = False  # the inference loop is working on a batch
+        self._names: collections.Counter[str] = collections.Counter()
+        self.exit_code = 0
+
+    # ---------------------------------------------------------------- setup
+    def _load(self) -> None:
+        """Model and engine (torch) are imported here, so the CLI module stays light."""
+        if self.model is None:
+            from streamer.model import ServedModel
+
+            self.model = ServedModel.load(self.config.model_path, self.config.device)
+        if self.engine is None:
+            from streamer.engine import Engine
+            from streamer.vad import VadConfig
+
+            vad = None if self.config.vad == "off" else VadConfig(
+                method=self.config.vad, threshold=self.config.vad_threshold,
+                min_voiced=self.config.vad_min_voiced)
+            self.engine = Engine(self.model, vad=vad, explain_every=self.config.explain_every,
+                                 max_batch=self.config.max_batch)
+
+    def hello(self, client_id: str | None) -> dict:
+        return protocol.hello(
+            self.session_id, self.model.card,
+            [{**s.info, "state": s.state} for s in self.streams.values()],
+            self.config.hop_s, self.config.explain_every, self.config.server.limits(),
+            client_id=client_id, server_version=_version())
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port if self.server else None
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---------------------------------------------------------------- main
+    async def run(self) -> int:
+        """Serve until SIGINT/SIGTERM, ``request_stop()``, or (``exit_when_done``) all ended."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._load)
+        self._pending = _Pending(self.config.max_pending_windows)
+        self.log = SessionLog(self.config.sessions_dir, self.session_id)
+        if self.config.record_audio:
+            self.recorder = AudioRecorder(self.config.sessions_dir, self.session_id,
+                                          self.model.sample_rate)
+        self._publish(self.hello(None), broadcast=False)
+        self.server = Server(self.config.server, self.hello, self._on_request)
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+        infer = asyncio.create_task(self._infer_loop(), name="inference")
+        status = asyncio.create_task(self._status_loop(), name="status")
+        try:
+            await self.server.start()
+            for src in self.initial_sources:
+                try:
+                    await self._start_source(src)
+                except _RequestError as exc:
+                    self._publish(protocol.error(exc.code, exc.message))
+            self._ready.set()
+            if self.config.exit_when_done and not any(
+                    s.state == "running" for s in self.streams.values()):
+                self.request_stop()
+            log.info("session %s: serving ws://%s:%s/", self.session_id,
+                     self.config.server.host, self.port)
+            await self._stop.wait()
+        finally:
+            self._ready.set()
+            await self._shutdown(infer, status)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return self.exit_code
+
+    async def _shutdown(self, infer: asyncio.Task, status: asyncio.Task) -> None:
+        for i, stop in self._source_stops.items():
+            self._stop_reason.setdefault(i, "shutdown")
+            stop.set()
+        # Sources end (their last windows and end markers are queued); let inference finish
+        # them, within the grace period.
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        while (self._pending and (self._pending.items or self._busy) and not infer.done()
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.02)
+        infer.cancel()
+        status.cancel()
+        for t in (infer, status, *self._tasks):
+            t.cancel()
+        await asyncio.gather(infer, status, *self._tasks, return_exceptions=True)
+        for sid, st in self.streams.items():
+            if st.state == "running":  # windows that did not make it in time: counted
+                st.dropped += st.pending
+                self._end_stream(sid, "shutdown", None)
+        if self.server is not None:
+            self._publish(self._status())
+            await self.server.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.log is not None:
+            self.log.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._upload_dir is not None:
+            shutil.rmtree(self._upload_dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- publishing
+    def _publish(self, msg: dict, broadcast: bool = True) -> None:
+        """Log, then queue to clients. Never waits."""
+        if self.config.validate_outgoing:
+            try:
+                protocol.validate(msg, direction="server")
+            except protocol.ProtocolError as exc:  # a bug upstream: say so, don't send junk
+                log.error("invalid outgoing %s: %s", msg.get("type"), exc)
+                msg = protocol.error("internal", f"invalid {msg.get('type')} message: {exc}",
+                                     stream=msg.get("stream") if isinstance(
+                                         msg.get("stream"), str) else None)
+        text = protocol.encode(msg)
+        if self.log is not None and not self.log.closed:
+            self.log.append(text)
+        if broadcast and self.server is not None:
+            self.server.broadcast(msg, text)
+
+    def _on_engine_message(self, msg: dict) -> None:
+        """Called in the loop for each message the engine builds, in order."""
+        st = self.streams.get(msg.get("stream", ""))
+        if msg["type"] == "prediction" and st is not None:
+            st.windows += 1
+            st.voiced += bool(msg["voiced"])
+        self._publish(msg)
+
+    # ---------------------------------------------------------------- sources
+    def _stream_name(self, base: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.")[:48] or "stream"
+        self._names[base] += 1
+        n = self._names[base]
+        return base if n == 1 else f"{base}-{n}"
+
+    async def _start_source(self, src: Any, kind: str | None = None,
+                            ref: str | int | None = None) -> list[str]:
+        """Open (fast checks, in a thread), announce, and run a source; its stream ids."""
+        from streamer.sources import SourceError
+        from streamer.windows import Windower
+
+        running = sum(s.state == "running" for s in self.streams.values())
+        if running >= self.config.max_streams:
+            raise _RequestError("limit_reached", f"{running} streams running (max "
+                                f"{self.config.max_streams})")
+        try:
+            await asyncio.to_thread(src.open)
+        except SourceError as exc:
+            raise _RequestError("bad_audio", str(exc)) from None
+        ids = list(src.stream_ids)
+        clash = [i for i in ids if i in self.streams]
+        if clash:
+            raise _RequestError("invalid_message", f"stream id(s) {clash} already used")
+        speed = getattr(src, "speed", 1.0) if src.kind in ("file", "mic") else None
+        if src.kind == "mic":
+            speed = 1.0
+        now = time.time()
+        for d in src.describe():
+            sid = d["id"]
+            info = protocol.stream_info(sid, kind or d.get("kind", src.kind),
+                                        str(d.get("source", "")), now,
+                                        channel=d.get("channel"),
+                                        speed=speed if speed else None)
+            self.streams[sid] = _Stream(
+                info, src, Windower(sid, self.model.sample_rate, self.model.window_s,
+                                    self.config.hop_s), speed or None)
+            self._publish(protocol.stream_started(info, ref=ref))
+        key = id(src)
+        self._source_stops[key] = threading.Event()
+        task = asyncio.create_task(self._run_source(src, key), name=f"source-{ids}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return ids
+
+    async def _run_source(self, src: Any, key: int) -> None:
+        from streamer.sources import SourceError, iter_chunks
+
+        assert self._pending is not None
+        stop = self._source_stops[key]
+        paced = getattr(src, "speed", 1.0) != 0 or src.kind != "file"
+        error: Exception | None = None
+        try:
+            async for chunk in iter_chunks(src, stop):
+                st = self.streams[chunk.stream_id]
+                st.received += chunk.samples.size
+                if self.recorder is not None:
+                    self.recorder.write(chunk.stream_id, chunk.samples)
+                wins = st.windower.push(chunk.samples, chunk.wall_time, chunk.arrived)
+                if not wins and st.pending == 0:
+                    st.processed = st.received
+                for w in wins:
+                    await self._enqueue(st, w, paced)
+        except SourceError as exc:
+            error = exc
+        except Exception as exc:  # anything else still ends only this source
+            log.exception("source %s failed", src.stream_ids)
+            error = exc
+        reason = "error" if error else self._stop_reason.get(key, "eof")
+        for sid in src.stream_ids:
+            st = self.streams[sid]
+            for w in st.windower.flush():
+                await self._enqueue(st, w, paced)
+            await self._pending.put_end(_End(sid, reason, error))
+        self._source_stops.pop(key, None)
+
+    async def _enqueue(self, st: _Stream, window: Any, paced: bool) -> None:
+        assert self._pending is not None
+        st.pending += 1
+        dropped = await self._pending.put((window, st.received), wait=not paced)
+        if dropped is not None:
+            old = self.streams[dropped[0].stream_id]
+            old.pending -= 1
+            old.dropped += 1
+
+    # ---------------------------------------------------------------- inference
+    async def _infer_loop(self) -> None:
+        assert self._pending is not None
+        loop = asyncio.get_running_loop()
+
+        def emit(msg: dict) -> None:  # called in the worker thread
+            loop.call_soon_threadsafe(self._on_engine_message, msg)
+
+        while True:
+            self._busy = False
+            batch = await self._pending.get_batch(self.config.max_batch)
+            self._busy = True
+            run: list[tuple[Any, int]] = []
+            for item in [*batch, None]:
+                if isinstance(item, tuple):
+                    run.append(item)
+                    continue
+                if run:
+                    windows = [w for w, _ in run]
+                    try:
+                        await loop.run_in_executor(self._pool, self.engine.process, windows,
+                                                   emit)
+                    except Exception as exc:  # the model failed on this batch: say so, go on
+                        log.exception("inference failed")
+                        for sid in {w.stream_id for w in windows}:
+                            self._publish(protocol.error(
+                                "internal", f"inference failed: {type(exc).__name__}: {exc}",
+                                stream=sid))
+                    await asyncio.sleep(0)  # the emitted messages are published first
+                    for w, received in run:
+                        st = self.streams[w.stream_id]
+                        st.pending -= 1
+                        st.processed = max(st.processed, received)
+                        if st.pending == 0 and st.state == "running":
+                            st.processed = max(st.processed, st.received)
+                    run = []
+                if isinstance(item, _End):
+                    await loop.run_in_executor(self._pool, self.engine.end_stream,
+                                               item.stream_id)
+                    self._end_stream(item.stream_id, item.reason, item.error)
+            if self.config.exit_when_done and self.streams and all(
+                    s.state == "ended" for s in self.streams.values()) \
+                    and not self._source_stops:
+                self.request_stop()
+
+    def _end_stream(self, sid: str, reason: str, error: Exception | None) -> None:
+        st = self.streams[sid]
+        if st.state == "ended":
+            return
+        if error is not None:
+            from streamer.sources import SourceError
+
+            code = "bad_audio" if isinstance(error, SourceError) and st.info["kind"] in (
+                "file", "upload") else "source_failed"
+            self._publish(protocol.error(code, str(error), stream=sid))
+        st.state = "ended"
+        st.info["state"] = "ended"
+        self._publish(protocol.stream_ended(sid, reason, st.windows,
+                                            st.received / self.model.sample_rate))
+        if self.recorder is not None:
+            self.recorder.close_stream(sid)
+        if self.log is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(None, self.log.sync)
+        src = st.source
+        if id(src) in self._uploads and all(
+                self.streams[s].state == "ended" for s in src.stream_ids):
+            with contextlib.suppress(OSError):
+                self._uploads.pop(id(src)).unlink()
+
+    # ---------------------------------------------------------------- status
+    def _status(self) -> dict:
+        now = time.monotonic()
+        streams = []
+        for sid, st in self.streams.items():
+            t_proc = st.processed / self.model.sample_rate
+            lag = None
+            if st.speed and st.state == "running":
+                lag = max(0.0, (now - st.started) * st.speed - t_proc)
+            streams.append(protocol.stream_status(sid, st.state, lag, t_proc, st.windows,
+                                                  st.voiced, st.dropped))
+        clients = self.server.clients_status() if self.server else []
+        return protocol.status(streams, clients, now - self.started)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval_s)
+            self._publish(self._status())
+            if self.log is not None:
+                await asyncio.to_thread(self.log.sync)
+
+    # ---------------------------------------------------------------- client requests
+    async def _on_request(self, client: Client, msg: dict) -> list[dict]:
+        ref = msg.get("id")
+        try:
+            if msg["type"] == "stop_stream":
+                return self._stop_stream(msg["stream"], ref)
+            if msg["type"] == "replay":
+                return await self._replay(msg, ref)
+        except _RequestError as exc:
+            raise protocol.ProtocolError(exc.code, exc.message) from None
+        raise protocol.ProtocolError("unknown_type", f"{msg['type']} is not handled here")
+
+    def _stop_stream(self, sid: str, ref: Any) -> list[dict]:
+        st = self.streams.get(sid)
+        if st is None:
+            raise _RequestError("not_found", f"no stream {sid!r}")
+        if st.state == "ended":
+            raise _RequestError("not_found", f"stream {sid!r} has already ended")
+        key = id(st.source)
+        self._stop_reason[key] = "stopped"
+        stop = self._source_stops.get(key)
+        if stop is not None:
+            stop.set()
+        return [protocol.ack("stop_stream", ref=ref, stream=sid)]
+
+    def resolve_replay_path(self, requested: str) -> list[Path]:
+        """The files a replay path names, all inside the allowed directory, or _RequestError.
+
+        Refuses ``..`` components outright and resolves symlinks (of the path and of every
+        file a directory expands to) before checking containment, so a link cannot escape.
+        """
+        from streamer.sources import SourceError, expand_paths
+
+        if self.config.allowed_dir is None:
+            raise _RequestError("forbidden", "replay from a path is disabled (the daemon was "
+                                "started without --allowed-dir); upload the file instead")
+        root = Path(self.config.allowed_dir).resolve()
+        rel = Path(requested)
+        if ".." in rel.parts or "\x00" in requested:
+            raise _RequestError("forbidden", "'..' is not allowed in replay paths")
+        target = (rel if rel.is_absolute() else root / rel).resolve()
+        if not target.is_relative_to(root):
+            raise _RequestError("forbidden", f"{requested!r} is outside the allowed directory")
+        if not target.exists():
+            raise _RequestError("not_found", f"{requested!r} does not exist")
+        try:
+            files = [f.resolve() for f in expand_paths([target])]
+        except SourceError as exc:
+            raise _RequestError("bad_audio", str(exc)) from None
+        outside = [f for f in files if not f.is_relative_to(root)]
+        if outside:
+            raise _RequestError("forbidden", f"{requested!r} links outside the allowed directory")
+        return files
+
+    async def _replay(self, msg: dict, ref: Any) -> list[dict]:
+        from streamer.sources import FileSource
+
+        speed, loop_ = float(msg.get("speed", 1.0)), bool(msg.get("loop", False))
+        split = bool(msg.get("split_channels", False))
+        upload_path = None
+        if "upload" in msg:
+            if self._upload_dir is None:
+                self._upload_dir = Path(tempfile.mkdtemp(prefix="emotion-monitor-uploads-"))
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(msg["upload"]["name"]).name) or "upload"
+            upload_path = self._upload_dir / f"{len(self.streams)}-{name}"
+            await asyncio.to_thread(upload_path.write_bytes, msg["upload"]["bytes"])
+            files, kind, base = [upload_path], "upload", Path(name).stem
+        else:
+            files = await asyncio.to_thread(self.resolve_replay_path, msg["path"])
+            kind, base = "file", Path(msg["path"]).stem
+        src = FileSource(files, self.model.sample_rate, name=self._stream_name(base),
+                         speed=speed, loop=loop_, split_channels=split, gap_s=self.config.gap_s,
+                         max_channels=MAX_REPLAY_CHANNELS)
+        if upload_path is not None:
+            self._uploads[id(src)] = upload_path  # removed when its streams end
+        try:
+            ids = await self._start_source(src, kind=kind, ref=ref)
+        except _RequestError:
+            if upload_path is not None:
+                upload_path.unlink(missing_ok=True)
+            raise
+        return [protocol.ack("replay", ref=ref, stream=ids[0])]
+
+
+class _RequestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _version() -> str:
+    try:
+        from emotion_monitor import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "0"
+
+
+def run_daemon(config: DaemonConfig, sources: list[Any]) -> int:
+    """Blocking entry point for the CLI."""
+    return asyncio.run(Daemon(config, sources).run())

@@ -1,0 +1,303 @@
+"""The websocket server (websockets library, asyncio): clients, handshake checks, backpressure.
+
+- Handshake: maximum clients (HTTP 503), token (``Authorization: Bearer`` or ``?token=``,
+  compared with ``hmac.compare_digest``; HTTP 401), Origin allow-list (websockets' own
+  ``origins`` check; HTTP 403).
+- Each client has a bounded queue drained by its own sender task. ``broadcast`` never awaits:
+  when a client's queue is full its oldest message is dropped and counted, so a slow client
+  never slows capture, inference, the session log or the other clients. Replies to the client's
+  own requests go in a separate small queue that is not dropped from.
+- Client messages are validated with ``streamer.protocol``; anything wrong gets an ``error``
+  and the connection stays open. ``subscribe`` and ``ping`` are answered here; ``replay`` and
+  ``stop_stream`` go to the daemon's ``on_request`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server as _WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from streamer import protocol
+
+log = logging.getLogger("streamer.server")
+
+DEFAULT_PORT = 8765
+DEFAULT_ORIGINS = ("http://localhost:8501", "http://127.0.0.1:8501")
+TOKEN_ENV = "EMOTION_MONITOR_TOKEN"
+# Messages a subscription filter never hides: every client must learn about streams and errors.
+ALWAYS_DELIVERED = frozenset({"stream_started", "stream_ended", "error"})
+
+
+class ConfigError(ValueError):
+    """A server setting that would be unsafe or cannot work (e.g. public bind, no token)."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    origins: Sequence[str] = DEFAULT_ORIGINS
+    allow_no_origin: bool = True  # non-browser clients send no Origin header
+    max_clients: int = 64
+    max_message_bytes: int = 64 * 1024
+    max_upload_bytes: int = 20 * 2**20
+    queue_size: int = 256
+
+    @property
+    def frame_limit(self) -> int:
+        """The websocket layer's hard limit: a replay carrying the largest upload in base64."""
+        return self.max_message_bytes + (self.max_upload_bytes + 2) // 3 * 4 + 1024
+
+    def limits(self) -> dict[str, int]:
+        return {"max_message_bytes": self.max_message_bytes,
+                "max_upload_bytes": self.max_upload_bytes, "queue_size": self.queue_size}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything, so treat it as public
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback bind without a token (the daemon would be open to the network)."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to listen on {host!r} without a token: anyone on the network could "
+            f"read the stream. Set --token or {TOKEN_ENV}, or bind 127.0.0.1.")
+
+
+def _given_token(request: Request) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth and auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    values = parse_qs(urlsplit(request.path).query).get("token")
+    return values[0] if values else None
+
+
+@dataclass
+class Client:
+    """One connection: its filter, its bounded queue and what it lost."""
+
+    id: str
+    ws: ServerConnection
+    queue_size: int
+    streams: set[str] | None = None  # None: all streams
+    types: set[str] | None = None  # None: all message types
+    dropped: int = 0
+    sent: int = 0
+    queue: collections.deque[str] = field(default_factory=collections.deque)
+    control: collections.deque[str] = field(default_factory=collections.deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wants(self, msg_type: str, stream: str | None) -> bool:
+        if msg_type in ALWAYS_DELIVERED:
+            return True
+        if self.types is not None and msg_type not in self.types:
+            return False
+        return stream is None or self.streams is None or stream in self.streams
+
+    def offer(self, text: str) -> None:
+        """Queue a broadcast message; when full, the oldest queued one is dropped (counted)."""
+        if len(self.queue) >= self.queue_size:
+            self.queue.popleft()
+            self.dropped += 1
+        self.queue.append(text)
+        self.wake.set()
+
+    def reply(self, msg: dict) -> None:
+        self.control.append(protocol.encode(msg))
+        self.wake.set()
+
+    async def run_sender(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.control or self.queue:
+                text = self.control.popleft() if self.control else self.queue.popleft()
+                await self.ws.send(text)
+                self.sent += 1
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + len(self.control)
+
+
+RequestHandler = Callable[[Client, dict], Awaitable[list[dict]]]
+
+
+class Server:
+    """Websocket fan-out of daemon messages, with per-client request handling."""
+
+    def __init__(self, config: ServerConfig, hello: Callable[[str], dict],
+                 on_request: RequestHandler | None = None) -> None:
+        check_bind(config.host, config.token)
+        self.config = config
+        self._hello = hello
+        self._on_request = on_request
+        self.clients: dict[str, Client] = {}
+        self._ids = itertools.count(1)
+        self._ws: _WsServer | None = None
+        self.port: int | None = None
+        self.refused = collections.Counter[str]()
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        cfg = self.config
+        origins: list[str | None] = list(cfg.origins)
+        if cfg.allow_no_origin:
+            origins.append(None)
+        self._ws = await serve(
+            self._handle, cfg.host, cfg.port, origins=origins,
+            process_request=self._check_handshake, max_size=cfg.frame_limit,
+            ping_interval=20, ping_timeout=20, close_timeout=2,
+            # Our own queues do the buffering; keep the library's small so drops are ours.
+            write_limit=2**16,
+        )
+        self.port = next(iter(self._ws.sockets)).getsockname()[1]
+
+    async def close(self, drain_s: float = 1.0, reason: str = "daemon shutting down") -> None:
+        """Let queued messages go out (up to ``drain_s``), then close every connection with
+        1001 (going away)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while any(c.pending for c in self.clients.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._ws is not None:
+            self._ws.close(close_connections=True, code=1001, reason=reason)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), timeout=5)
+
+    # ---------------------------------------------------------------- fan-out
+    def broadcast(self, msg: dict, text: str | None = None) -> None:
+        """Queue ``msg`` for every client that wants it; never waits."""
+        text = protocol.encode(msg) if text is None else text
+        msg_type = msg["type"]
+        stream = msg.get("stream") if isinstance(msg.get("stream"), str) else None
+        for client in list(self.clients.values()):
+            if client.wants(msg_type, stream):
+                client.offer(text)
+
+    def clients_status(self) -> list[dict]:
+        return [{"client_id": c.id, "queued": c.pending, "dropped_messages": c.dropped}
+                for c in self.clients.values()]
+
+    # ---------------------------------------------------------------- connections
+    def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        cfg = self.config
+        if cfg.token:
+            given = _given_token(request)
+            if given is None or not hmac.compare_digest(given.encode(), cfg.token.encode()):
+                self.refused["token"] += 1
+                return _reject(connection, 401, "missing or wrong token\n",
+                               {"WWW-Authenticate": 'Bearer realm="emotion-monitor"'})
+        if len(self.clients) >= cfg.max_clients:
+            self.refused["max_clients"] += 1
+            return _reject(connection, 503, f"too many clients (max {cfg.max_clients})\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        client = Client(f"c{next(self._ids)}", ws, self.config.queue_size)
+        self.clients[client.id] = client
+        sender: asyncio.Task | None = None
+        try:
+            await ws.send(protocol.encode(self._hello(client.id)))  # always the first message
+            sender = asyncio.create_task(client.run_sender(), name=f"sender-{client.id}")
+            async for raw in ws:
+                await self._on_message(client, raw)
+                if sender.done():  # the connection broke while sending
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.pop(client.id, None)
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await sender
+
+    async def _on_message(self, client: Client, raw: str | bytes) -> None:
+        ref = None
+        try:
+            if isinstance(raw, bytes):
+                raise protocol.ProtocolError("bad_json", "send JSON text frames, not binary")
+            size = len(raw) if len(raw) * 4 <= self.config.max_message_bytes \
+                else len(raw.encode("utf-8"))
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                if size > self.config.max_message_bytes:
+                    raise protocol.ProtocolError(
+                        "too_large", f"message of {size} bytes over the limit of "
+                        f"{self.config.max_message_bytes}") from None
+                raise protocol.ProtocolError("bad_json", f"not JSON: {exc}") from None
+            if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)):
+                ref = obj["id"]
+            if size > self.config.max_message_bytes and not (
+                    isinstance(obj, dict) and obj.get("type") == "replay"
+                    and isinstance(obj.get("upload"), dict)):
+                raise protocol.ProtocolError(
+                    "too_large", f"message of {size} bytes over the limit of "
+                    f"{self.config.max_message_bytes}")
+            msg = protocol.validate(obj, direction="client")
+            for reply in await self._dispatch(client, msg):
+                client.reply(reply)
+        except protocol.ProtocolError as exc:
+            client.reply(protocol.error(exc.code, exc.message, ref=ref))
+        except Exception as exc:  # a bug must not take the connection down
+            log.exception("request failed")
+            client.reply(protocol.error("internal", f"{type(exc).__name__}: {exc}", ref=ref))
+
+    async def _dispatch(self, client: Client, msg: dict) -> list[dict]:
+        kind, ref = msg["type"], msg.get("id")
+        if kind == "ping":
+            return [protocol.pong(ref=ref, t=msg.get("t"))]
+        if kind == "subscribe":
+            streams = msg["streams"]
+            client.streams = None if streams == "*" else set(streams)
+            client.types = set(msg["types"]) if "types" in msg else None
+            return [protocol.ack("subscribe", ref=ref, streams=streams)]
+        if kind == "replay" and "upload" in msg:
+            data = msg["upload"]["data"]
+            if len(data) > (self.config.max_upload_bytes + 2) // 3 * 4:
+                raise protocol.ProtocolError(
+                    "too_large", f"upload over the limit of {self.config.max_upload_bytes} bytes")
+            try:
+                decoded = base64.b64decode(data, validate=True)
+            except ValueError:
+                raise protocol.ProtocolError("invalid_message",
+                                             "replay.upload.data is not base64") from None
+            if len(decoded) > self.config.max_upload_bytes:
+                raise protocol.ProtocolError(
+                    "too_large", f"upload over the limit of {self.config.max_upload_bytes} bytes")
+            msg = {**msg, "upload": {**msg["upload"], "bytes": decoded}}
+        if self._on_request is None:
+            raise protocol.ProtocolError("forbidden", f"{kind} is not available on this server")
+        return await self._on_request(client, msg)
+
+
+def _reject(connection: ServerConnection, status: int, text: str,
+            headers: dict[str, str] | None = None) -> Response:
+    response = connection.respond(status, text)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
