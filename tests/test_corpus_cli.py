@@ -21,6 +21,7 @@ def test_choices_match_the_loaders() -> None:
     assert CORPUS_CHOICES == ("auto", *CORPORA)
 
 
+@pytest.mark.timeout(60)
 def test_cli_module_is_light() -> None:
     code = "import sys, train.corpus_cli; print('soundfile' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
