@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
     "train.experiments_cli",
+    "streamer.cli",
 )
 
 EPILOG = """examples:

@@ -1,0 +1,308 @@
+"""`emotion-monitor stream | devices | sessions`: the capture daemon's commands.
+
+Light on purpose: torch, websockets and the sources are imported inside the handlers, so
+``emotion-monitor --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from emotion_monitor.cliutil import add_command
+
+DEFAULT_MODEL = "models/default.pt"
+DEFAULT_SESSIONS = "sessions"
+
+
+def register(sub: Any) -> None:
+    _register_stream(sub)
+    add_command(sub, "devices", help="list audio input devices (for stream --mic --device)",
+                description="List the audio input devices PortAudio sees, with their index, "
+                            "host API, channels and native rate; the default one is marked.",
+                example="emotion-monitor devices", handler=_devices)
+    _register_sessions(sub)
+
+
+def _register_stream(sub: Any) -> None:
+    p = add_command(
+        sub, "stream", help="run the capture daemon (microphone, files or stdin -> websocket)",
+        description="Capture audio from the microphone, replayed files or raw PCM on stdin; "
+                    "classify sliding windows with a TorchScript model, explain them with "
+                    "Grad-CAM, and serve predictions over a websocket (protocol v1, "
+                    "docs/protocol.md). Every message is logged to sessions/<id>.jsonl. "
+                    "Several --replay options (and --mic) make several streams.",
+        example="emotion-monitor stream --replay ../shared/data/tess/OAF_angry --speed 1 --loop",
+        handler=_stream)
+    src = p.add_argument_group("sources (at least one)")
+    src.add_argument("--mic", action="store_true", help="capture the microphone")
+    src.add_argument("--mic-device", "--input-device", dest="mic_device", default=None,
+                     metavar="X", help="input device index or name (emotion-monitor devices); "
+                     "also accepted as --device X with --mic when X is not auto/cpu/cuda")
+    src.add_argument("--replay", action="append", nargs="+", metavar="PATH", default=[],
+                     help="files or directories replayed as one stream (repeat the option for "
+                          "more streams); '-' reads raw PCM from stdin")
+    src.add_argument("--speed", type=float, default=1.0,
+                     help="replay pace: 1 real time, N times faster, 0 as fast as possible")
+    src.add_argument("--loop", action="store_true", help="replay forever")
+    src.add_argument("--split-channels", action="store_true",
+                     help="one stream per channel (e.g. agent/caller of a stereo call)")
+    src.add_argument("--gap", type=float, default=0.5, metavar="S",
+                     help="silence between replayed files, seconds (default 0.5)")
+    src.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate")
+    src.add_argument("--format", default="s16le", choices=["s16le", "f32le"],
+                     help="stdin PCM sample format")
+    src.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
+    m = p.add_argument_group("model and inference")
+    m.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default {DEFAULT_MODEL})")
+    m.add_argument("--device", default="auto",
+                   help="inference device auto|cpu|cuda (auto = CUDA when present)")
+    m.add_argument("--hop", type=float, default=0.5, help="window hop, seconds (default 0.5)")
+    m.add_argument("--explain-every", type=int, default=1, metavar="N",
+                   help="Grad-CAM every N-th voiced window of a stream; 0 = off (default 1)")
+    m.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
+                   help="voice activity detection (default silero)")
+    m.add_argument("--vad-threshold", type=float, default=0.5,
+                   help="per-frame speech probability for silero (default 0.5)")
+    m.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    s = p.add_argument_group("server and security")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; anything else needs a token)")
+    s.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
+    s.add_argument("--token", default=None,
+                   help="required from clients (default: $EMOTION_MONITOR_TOKEN)")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="extra allowed browser Origin (the dashboard's are allowed)")
+    s.add_argument("--allowed-dir", default=None,
+                   help="directory clients may replay files from (default: none)")
+    s.add_argument("--max-clients", type=int, default=64)
+    s.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest uploaded file a client may replay (MiB, default 20)")
+    s.add_argument("--queue-size", type=int, default=256,
+                   help="messages buffered per client before the oldest are dropped")
+    o = p.add_argument_group("session log")
+    o.add_argument("--sessions-dir", default=DEFAULT_SESSIONS,
+                   help=f"where session logs go (default {DEFAULT_SESSIONS}/)")
+    o.add_argument("--session-id", default=None, help="name the session (default: time+random)")
+    o.add_argument("--record-audio", action="store_true",
+                   help="also store each stream's audio as FLAC (off by default: sensitive)")
+    o.add_argument("--exit-when-done", action="store_true",
+                   help="exit once every stream has ended (scripts, benchmarks)")
+    o.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def _stream_names(paths: list[str], used: set[str]) -> str:
+    base = Path(paths[0]).stem if len(paths) == 1 else Path(paths[0]).parent.name or "replay"
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        base = Path(paths[0]).resolve().name
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.")[:48] or "replay"
+    name, n = base, 1
+    while name in used:
+        n += 1
+        name = f"{base}-{n}"
+    used.add(name)
+    return name
+
+
+def build_sources(args: argparse.Namespace, sample_rate: int) -> list[Any]:
+    from streamer.sources import FileSource, MicSource, StdinSource
+
+    sources: list[Any] = []
+    used: set[str] = set()
+    if args.mic:
+        sources.append(MicSource(sample_rate, device=args.mic_device, name="mic"))
+        used.add("mic")
+    for group in args.replay:
+        if group == ["-"]:
+            sources.append(StdinSource(args.rate, sample_rate, fmt=args.format,
+                                       channels=args.channels, name=_stream_names(["stdin"],
+                                                                                  used),
+                                       split_channels=args.split_channels))
+            continue
+        if "-" in group:
+            raise SystemExit("error: '-' (stdin) must be a --replay of its own")
+        sources.append(FileSource(group, sample_rate, name=_stream_names(group, used),
+                                  speed=args.speed, loop=args.loop,
+                                  split_channels=args.split_channels, gap_s=args.gap,
+                                  max_channels=2))
+    return sources
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.mic and not args.replay:
+        print("error: give a source: --mic, --replay PATH..., or --replay - (stdin)",
+              file=sys.stderr)
+        return 2
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        if args.mic and args.mic_device is None:  # `--mic --device X` names the input device
+            args.mic_device, args.device = args.device, "auto"
+        else:
+            print(f"error: --device {args.device!r}: use auto, cpu or cuda (the microphone is "
+                  "--mic-device)", file=sys.stderr)
+            return 2
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    from streamer.daemon import Daemon, DaemonConfig
+    from streamer.model import ModelError, ServedModel
+    from streamer.server import DEFAULT_ORIGINS, TOKEN_ENV, ConfigError, ServerConfig
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    server = ServerConfig(host=args.host, port=args.port, token=token,
+                          origins=(*DEFAULT_ORIGINS, *args.allow_origin),
+                          max_clients=args.max_clients,
+                          max_upload_bytes=int(args.max_upload_mb * 2**20),
+                          queue_size=args.queue_size)
+    try:
+        from streamer.server import check_bind
+
+        check_bind(args.host, token)
+        model = ServedModel.load(args.model, args.device)
+    except (ConfigError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = DaemonConfig(
+        model_path=args.model, device=args.device, hop_s=args.hop,
+        explain_every=args.explain_every, vad=args.vad, vad_threshold=args.vad_threshold,
+        sessions_dir=args.sessions_dir, session_id=args.session_id,
+        record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
+        exit_when_done=args.exit_when_done, server=server)
+    sources = build_sources(args, model.sample_rate)
+    daemon = Daemon(config, sources, model=model)
+
+    async def main() -> int:
+        task = asyncio.create_task(daemon.run())
+        ready = asyncio.create_task(daemon.wait_ready())
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if daemon.port:
+            print(f"emotion-monitor: session {daemon.session_id} serving "
+                  f"ws://{args.host}:{daemon.port}/ (log {daemon.log.path if daemon.log else '-'})",
+                  file=sys.stderr, flush=True)
+        return await task
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:  # port in use, permission denied
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from streamer.sources import SourceError, list_devices
+
+    try:
+        devices = list_devices()
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not devices:
+        print("no input devices found")
+        return 0
+    for d in devices:
+        mark = "*" if d["default"] else " "
+        print(f"{mark} {d['index']:3d}  {d['name']}  ({d['hostapi']}, "
+              f"{d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sessions
+
+def _register_sessions(sub: Any) -> None:
+    p = add_command(sub, "sessions", help="list, show and export session logs",
+                    description="Read the daemon's session logs (sessions/<id>.jsonl).",
+                    example="emotion-monitor sessions list")
+    ss = p.add_subparsers(dest="sessions_command", metavar="ACTION")
+    for name, helptext, example, handler in (
+        ("list", "list sessions with their streams and counts",
+         "emotion-monitor sessions list", _sessions_list),
+        ("show", "summarize one session (a unique id prefix is enough)",
+         "emotion-monitor sessions show 20261121T2115", _sessions_show),
+        ("export", "export a session's predictions (CSV to stdout or -o FILE)",
+         "emotion-monitor sessions export 20261121T2115 --csv -o session.csv", _sessions_export),
+    ):
+        q = add_command(ss, name, help=helptext, description=helptext[0].upper() + helptext[1:]
+                        + ".", example=example, handler=handler)
+        q.add_argument("--sessions-dir", default=DEFAULT_SESSIONS,
+                       help=f"session logs directory (default {DEFAULT_SESSIONS}/)")
+        if name != "list":
+            q.add_argument("id", help="session id or a unique prefix")
+        if name == "show":
+            q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "export":
+            q.add_argument("--csv", action="store_true", default=True,
+                           help="CSV, one row per window (the only format)")
+            q.add_argument("-o", "--output", default=None, help="file (default stdout)")
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    from streamer.sessionlog import list_sessions, summarize
+
+    paths = list_sessions(args.sessions_dir)
+    if not paths:
+        print(f"no sessions in {args.sessions_dir}/")
+        return 0
+    for path in paths:
+        s = summarize(path)
+        print(f"{s['session_id']}  {_when(s['started'])}  model={s['model']}  "
+              f"streams={len(s['streams'])}  predictions={s['predictions']}  "
+              f"explanations={s['explanations']}")
+    return 0
+
+
+def _sessions_show(args: argparse.Namespace) -> int:
+    from streamer.sessionlog import session_path, summarize
+
+    try:
+        s = summarize(session_path(args.sessions_dir, args.id))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"session {s['session_id']} ({s['path']})\n  model: {s['model']}\n"
+          f"  from {_when(s['started'])} to {_when(s['ended'])}\n"
+          f"  {s['messages']} messages, {s['predictions']} predictions, "
+          f"{s['explanations']} explanations")
+    for sid, st in s["streams"].items():
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(st["labels"].items(),
+                                                         key=lambda kv: -kv[1]))
+        print(f"  stream {sid}: {st['windows']} windows ({st['voiced']} voiced), "
+              f"{st['t_end']:.1f} s; {labels or 'no voiced windows'}")
+    for e in s["errors"]:
+        print(f"  error: {e}")
+    if s["partial_last_line"]:
+        print("  (the last line was cut short, e.g. by a crash, and skipped)")
+    return 0
+
+
+def _sessions_export(args: argparse.Namespace) -> int:
+    from streamer.sessionlog import export_csv, session_path
+
+    try:
+        path = session_path(args.sessions_dir, args.id)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        with open(args.output, "w", newline="", encoding="utf-8") as f:
+            n = export_csv(path, f)
+        print(f"{n} rows -> {args.output}", file=sys.stderr)
+    else:
+        export_csv(path, sys.stdout)
+    return 0
