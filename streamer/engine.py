@@ -1,0 +1,145 @@
+"""Inference for the windows that are ready: VAD, one batched forward, Grad-CAM every N.
+
+Synchronous on purpose: the daemon calls :meth:`Engine.process` in a worker thread, so torch
+work never blocks the event loop, and everything that is ready together (several streams, or a
+burst from a fast replay) goes through the model as one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from streamer import protocol
+from streamer.model import ServedModel
+from streamer.vad import Vad, VadConfig
+from streamer.windows import Window
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+class Engine:
+    """Turns windows into protocol messages: a ``prediction`` for every window (unvoiced ones
+    ``voiced: false``, not classified) and an ``explanation`` for every ``explain_every``-th
+    voiced window of each stream (0 = never).
+
+    ``latency_ms`` is measured from ``window.arrived`` (the moment the window's last sample
+    entered the daemon) to when its prediction is built, i.e. just before it is handed to the
+    server; predictions are emitted before the batch's Grad-CAM runs, so explanations never
+    delay them.
+    """
+
+    def __init__(self, model: ServedModel, vad: VadConfig | None = VadConfig(),
+                 explain_every: int = 1, max_batch: int = 64, explain_metrics: bool = True
+                 ) -> None:
+        if explain_every < 0:
+            raise ValueError("explain_every must be >= 0")
+        self.model = model
+        self.vad = Vad(vad, model.sample_rate) if vad is not None else None
+        self.explain_every = explain_every
+        self.max_batch = max(1, max_batch)
+        self.explain_metrics = explain_metrics
+        self._voiced_count: dict[str, int] = {}
+        self.stats = {"windows": 0, "voiced": 0, "explained": 0, "explain_errors": 0}
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1, 2, 4)) -> None:
+        """Run the model (and Grad-CAM) once on silence before the first real window: the
+        TorchScript executor profiles and optimises on its first calls (~0.2 s here), which
+        would otherwise land on the first windows' latency."""
+        zeros = np.zeros((max(batch_sizes), self.model.window_samples), dtype=np.float32)
+        for b in batch_sizes:
+            for _ in range(2):
+                self.model.predict(zeros[:b])
+        if self.explain_every:
+            try:
+                from streamer import gradcam
+
+                gradcam.explain_windows(self.model, zeros[:1], metrics=self.explain_metrics)
+            except Exception:  # reported again, per batch, when real windows arrive
+                log.warning("Grad-CAM warm-up failed", exc_info=True)
+
+    def end_stream(self, stream_id: str) -> None:
+        """Forget a stream's VAD state and explanation counter."""
+        self._voiced_count.pop(stream_id, None)
+        if self.vad is not None:
+            self.vad.end_stream(stream_id)
+
+    def voiced_fractions(self, windows: list[Window]) -> list[float]:
+        if self.vad is None:
+            return [1.0] * len(windows)
+        return self.vad.voiced_fractions(windows)
+
+    def _predict(self, windows: list[Window]) -> np.ndarray:
+        out = []
+        for lo in range(0, len(windows), self.max_batch):
+            batch = np.stack([w.samples for w in windows[lo:lo + self.max_batch]])
+            out.append(self.model.predict(batch))
+        return np.concatenate(out) if out else np.zeros((0, len(self.model.classes)))
+
+    def _wants_explanation(self, stream_id: str) -> bool:
+        n = self._voiced_count.get(stream_id, 0)
+        self._voiced_count[stream_id] = n + 1
+        return self.explain_every > 0 and n % self.explain_every == 0
+
+    def process(self, windows: list[Window], emit: Callable[[Message], None] | None = None
+                ) -> list[Message]:
+        """Messages for ``windows`` (any mix of streams; each stream's windows in seq order).
+
+        ``emit``, if given, receives each message as soon as it is built (predictions before
+        the Grad-CAM of the same batch), so the caller can send them without waiting.
+        """
+        if not windows:
+            return []
+        messages: list[Message] = []
+
+        def out(msg: Message) -> None:
+            messages.append(msg)
+            if emit is not None:
+                emit(msg)
+
+        fractions = self.voiced_fractions(windows)
+        voiced = [self.vad.is_voiced(f) if self.vad else True for f in fractions]
+        vw = [w for w, v in zip(windows, voiced, strict=True) if v]
+        probs = self._predict(vw)
+        classes = self.model.classes
+        to_explain: list[Window] = []
+        k = 0
+        for win, is_voiced in zip(windows, voiced, strict=True):
+            self.stats["windows"] += 1
+            row = None
+            if is_voiced:
+                row = probs[k]
+                k += 1
+                self.stats["voiced"] += 1
+                if self._wants_explanation(win.stream_id):
+                    to_explain.append(win)
+            latency = (time.perf_counter() - win.arrived) * 1000.0
+            out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
+                                    win.wall_time, row, latency, classes, voiced=is_voiced))
+        for lo in range(0, len(to_explain), self.max_batch):
+            for msg in self._explain(to_explain[lo:lo + self.max_batch]):
+                out(msg)
+        return messages
+
+    def _explain(self, windows: list[Window]) -> list[Message]:
+        """Grad-CAM frames (streamer.gradcam); a failure costs the explanations, not the
+        predictions."""
+        try:
+            from streamer import gradcam
+
+            expls = gradcam.explain_windows(self.model, np.stack([w.samples for w in windows]),
+                                            metrics=self.explain_metrics)
+            msgs = [gradcam.explanation_payload(e, w.stream_id, w.seq, self.model.card)
+                    for e, w in zip(expls, windows, strict=True)]
+        except Exception:
+            self.stats["explain_errors"] += 1
+            log.exception("Grad-CAM failed for %d window(s); predictions were sent", len(windows))
+            return []
+        self.stats["explained"] += len(msgs)
+        return msgs
