@@ -30,6 +30,11 @@ from streamer import protocol
 
 MAX_STREAMS_SHOWN = 4
 MIN_REFRESH_S = 0.5  # at most two redraws a second
+# Streamlit dims elements while a fragment reruns; a live view reruns all the time, so the
+# dimming would only make it flicker. Plain CSS, no script.
+PAGE_CSS = """<style>
+div[data-stale="true"] { opacity: 1 !important; transition: none !important; }
+</style>"""
 START_HINT = ("Start one with `emotion-monitor stream --replay examples/tess_stream --loop`, "
               "or run everything at once with `emotion-monitor demo`.")
 
@@ -450,6 +455,7 @@ def live_csv(feed: Feed) -> str:
 
 def main() -> None:
     st.set_page_config(page_title="Emotion monitor", page_icon="🎙️", layout="wide")
+    st.html(PAGE_CSS)
     cfg = config()
     feed = get_feed(cfg)
     opts = sidebar(cfg, feed)

@@ -1,5 +1,11 @@
 """Plotly figures of the dashboard, as plain functions of the data (no Streamlit), so the live
-view and the session review draw the same pictures and tests can inspect them."""
+view and the session review draw the same pictures and tests can inspect them.
+
+Figures are built as plain Plotly JSON dicts on purpose: ``plotly.graph_objects`` validates
+every property on assignment, which cost about 2 s per redraw here (``add_vrect`` alone is
+quadratic), while the same figure as a dict costs a few milliseconds. `st.plotly_chart` and
+``plotly.io`` take the dicts as they are.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,6 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import plotly.graph_objects as go
 
 from dashboard.state import Prediction
 from streamer import protocol
@@ -39,17 +43,21 @@ def color(label: str) -> str:
     return EMOTION_COLORS.get(label, _FALLBACK[hash(label) % len(_FALLBACK)])
 
 
-def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "x": 0.01, "font": {"size": 14}}, height=height,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40}, template="plotly_white",
-        legend={"orientation": "h", "y": -0.22, "x": 0},
-    )
-    return fig
+Figure = dict[str, Any]
+
+
+def _figure(data: list[dict], title: str, height: int, **layout: Any) -> Figure:
+    base = {
+        "title": {"text": title, "x": 0.01, "font": {"size": 14}}, "height": height,
+        "margin": {"l": 50, "r": 10, "t": 40, "b": 40}, "template": "plotly_white",
+        "legend": {"orientation": "h", "y": -0.22, "x": 0},
+        "paper_bgcolor": "white", "plot_bgcolor": "white",
+    }
+    return {"data": data, "layout": {**base, **layout}}
 
 
 def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
-                    last_s: float | None = 120.0, title: str = "Emotion timeline") -> go.Figure:
+                    last_s: float | None = 120.0, title: str = "Emotion timeline") -> Figure:
     """Probability of each class per window over stream time (each window at its end).
 
     Unvoiced windows and windows missing from the sequence break the lines (None), and
@@ -78,52 +86,52 @@ def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
             else:
                 silent.append((lo, p.t_end))
         prev = p
-    fig = go.Figure()
-    for c in classes:
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys[c], name=c, mode="lines", connectgaps=False,
-            line={"color": color(c), "width": 2.5 if c != "neutral" else 1.5},
-            hovertemplate=f"{c}: %{{y:.0%}} at %{{x:.1f}} s<extra></extra>",
-        ))
-    for lo, hi in silent:
-        fig.add_vrect(x0=lo, x1=hi, fillcolor="#bbbbbb", opacity=0.25, line_width=0, layer="below")
+    data: list[dict] = [{
+        "type": "scatter", "x": xs, "y": ys[c], "name": c, "mode": "lines",
+        "connectgaps": False,
+        "line": {"color": color(c), "width": 2.5 if c != "neutral" else 1.5},
+        "hovertemplate": f"{c}: %{{y:.0%}} at %{{x:.1f}} s<extra></extra>",
+    } for c in classes]
+    shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": lo, "x1": hi, "y0": 0,
+               "y1": 1, "fillcolor": "#bbbbbb", "opacity": 0.25, "line": {"width": 0},
+               "layer": "below"} for lo, hi in silent]
     if silent:
         # A legend entry for the shading.
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="no speech",
-                                 marker={"color": "#bbbbbb", "symbol": "square", "size": 12}))
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", title=None)
-    fig.update_xaxes(title="stream time (s)")
-    if not preds:
-        fig.add_annotation(text="waiting for the first window…", showarrow=False,
-                           x=0.5, y=0.5, xref="paper", yref="paper")
-    return _layout(fig, title, 300)
+        data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers",
+                     "name": "no speech",
+                     "marker": {"color": "#bbbbbb", "symbol": "square", "size": 12}})
+    annotations = [] if preds else [{
+        "text": "waiting for the first window…", "showarrow": False, "x": 0.5, "y": 0.5,
+        "xref": "paper", "yref": "paper"}]
+    return _figure(data, title, 300, shapes=shapes, annotations=annotations,
+                   yaxis={"range": [0, 1], "tickformat": ".0%"},
+                   xaxis={"title": {"text": "stream time (s)"}})
 
 
 def distribution_figure(counts: Mapping[str, int] | Counter, classes: Sequence[str],
-                        title: str = "Session distribution (voiced windows)") -> go.Figure:
+                        title: str = "Session distribution (voiced windows)") -> Figure:
     total = sum(counts.values())
     shares = [counts.get(c, 0) / total if total else 0.0 for c in classes]
-    fig = go.Figure(go.Bar(
-        x=shares, y=list(classes), orientation="h",
-        marker={"color": [color(c) for c in classes]},
-        text=[f"{s:.0%}" for s in shares], textposition="auto",
-        hovertemplate="%{y}: %{x:.1%}<extra></extra>",
-    ))
-    fig.update_xaxes(range=[0, max([*shares, 0.01]) * 1.15], tickformat=".0%")
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"{title} · {total} windows", 300)
+    bar = {"type": "bar", "x": shares, "y": list(classes), "orientation": "h",
+           "marker": {"color": [color(c) for c in classes]},
+           "text": [f"{v:.0%}" for v in shares], "textposition": "auto",
+           "hovertemplate": "%{y}: %{x:.1%}<extra></extra>"}
+    return _figure([bar], f"{title} · {total} windows", 300,
+                   xaxis={"range": [0, max([*shares, 0.01]) * 1.15], "tickformat": ".0%"},
+                   yaxis={"autorange": "reversed"}, showlegend=False)
 
 
-def probabilities_figure(probs: Mapping[str, float], classes: Sequence[str]) -> go.Figure:
+def probabilities_figure(probs: Mapping[str, float], classes: Sequence[str]) -> Figure:
     """The latest window's probabilities as bars."""
     vals = [float(probs.get(c, 0.0)) for c in classes]
-    fig = go.Figure(go.Bar(x=list(classes), y=vals, marker={"color": [color(c) for c in classes]},
-                           text=[f"{v:.0%}" for v in vals], textposition="auto"))
-    fig.update_yaxes(range=[0, 1], tickformat=".0%")
-    return _layout(fig, "Latest window", 220)
+    bar = {"type": "bar", "x": list(classes), "y": vals,
+           "marker": {"color": [color(c) for c in classes]},
+           "text": [f"{v:.0%}" for v in vals], "textposition": "auto"}
+    return _figure([bar], "Latest window", 220, yaxis={"range": [0, 1], "tickformat": ".0%"},
+                   showlegend=False)
 
 
-def explanation_figure(msg: Mapping[str, Any]) -> go.Figure:
+def explanation_figure(msg: Mapping[str, Any]) -> Figure:
     """Log-mel spectrogram with the Grad-CAM overlay and the focus box of one explanation.
 
     Bands are drawn evenly (mel spacing) and labelled in Hz, so low frequencies are not
@@ -134,33 +142,35 @@ def explanation_figure(msg: Mapping[str, Any]) -> go.Figure:
     times = list(msg["axes"]["times_s"])
     freqs = list(msg["axes"]["freqs_hz"])
     bands = list(range(len(freqs)))
-    fig = go.Figure()
-    fig.add_trace(go.Heatmap(
-        z=spec.tolist(), x=times, y=bands, colorscale="gray", showscale=False,
-        hovertemplate="%{x:.2f} s, band %{y}<br>log-mel %{z:.2f}<extra></extra>",
-    ))
-    fig.add_trace(go.Heatmap(
-        z=cam.tolist(), x=times, y=bands, colorscale=_CAM_SCALE, zmin=0, zmax=1,
-        colorbar={"title": {"text": "Grad-CAM"}, "len": 0.8, "thickness": 12},
-        hovertemplate="%{x:.2f} s, band %{y}<br>CAM %{z:.2f}<extra></extra>",
-        name="Grad-CAM",
-    ))
+    data = [
+        {"type": "heatmap", "z": spec.tolist(), "x": times, "y": bands,
+         "colorscale": [[0, "#0b0b0b"], [1, "#f2f2f2"]], "showscale": False,
+         "name": "log-mel spectrogram",
+         "hovertemplate": "%{x:.2f} s, band %{y}<br>log-mel %{z:.2f}<extra></extra>"},
+        {"type": "heatmap", "z": cam.tolist(), "x": times, "y": bands,
+         "colorscale": _CAM_SCALE, "zmin": 0, "zmax": 1, "name": "Grad-CAM",
+         "colorbar": {"title": {"text": "Grad-CAM"}, "len": 0.8, "thickness": 12},
+         "hovertemplate": "%{x:.2f} s, band %{y}<br>CAM %{z:.2f}<extra></extra>"},
+    ]
+    shapes, annotations = [], []
     metrics = msg.get("metrics") or {}
     ft, ff = metrics.get("focus_time_s"), metrics.get("focus_freq_hz")
     if ft and ff:
-        fig.add_shape(type="rect", x0=ft[0], x1=ft[1], y0=_band_of(ff[0], freqs) - 0.5,
-                      y1=_band_of(ff[1], freqs) + 0.5, line={"color": "#00E5FF", "width": 3},
-                      fillcolor="rgba(0,0,0,0)")
-        fig.add_annotation(x=ft[0], y=_band_of(ff[1], freqs) + 0.5, text="focus",
-                           showarrow=False, yanchor="bottom", xanchor="left",
-                           font={"color": "#00B8D4", "size": 12})
+        y0, y1 = _band_of(ff[0], freqs) - 0.5, _band_of(ff[1], freqs) + 0.5
+        shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": ft[0], "x1": ft[1],
+                       "y0": y0, "y1": y1, "line": {"color": "#00E5FF", "width": 3},
+                       "fillcolor": "rgba(0,0,0,0)"})
+        annotations.append({"x": ft[0], "y": y1, "text": "focus", "showarrow": False,
+                            "yanchor": "bottom", "xanchor": "left",
+                            "font": {"color": "#00B8D4", "size": 12}})
     step = max(1, len(freqs) // 6)
     ticks = bands[::step]
-    fig.update_yaxes(tickvals=ticks, ticktext=[_hz(freqs[i]) for i in ticks], title="Hz (mel)")
-    fig.update_xaxes(title="time in window (s)")
     title = (f"Grad-CAM for class: {msg.get('class')} · {msg.get('method')} · "
              f"window #{msg.get('seq')}")
-    return _layout(fig, title, 320)
+    return _figure(data, title, 320, shapes=shapes, annotations=annotations, showlegend=False,
+                   yaxis={"tickvals": ticks, "ticktext": [_hz(freqs[i]) for i in ticks],
+                          "title": {"text": "Hz (mel bands)"}},
+                   xaxis={"title": {"text": "time in window (s)"}})
 
 
 def explanation_metrics(msg: Mapping[str, Any]) -> dict[str, str]:

@@ -63,9 +63,10 @@ class StreamData:
     def label(self) -> str:
         """A human name: id, source file or device, and the channel's role when split."""
         parts = [self.key]
-        source = str(self.info.get("source") or "")
-        if source:
-            parts.append(source.replace("\\", "/").rsplit("/", 1)[-1][:40])
+        source = str(self.info.get("source") or "").replace("\\", "/").rstrip("/")
+        name = source.rsplit("/", 1)[-1][:40]
+        if name and name != self.stream_id:
+            parts.append(name)
         channel = self.info.get("channel")
         if channel is not None:
             role = CHANNEL_ROLES.get(int(channel), f"channel {channel}")

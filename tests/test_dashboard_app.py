@@ -427,7 +427,7 @@ def test_timeline_breaks_lines_at_missing_windows() -> None:
     for seq in (0, 1, 4, 5):
         store.apply(URL, window("s1", seq, "happy", 0.5))
     fig = timeline_figure(list(store.streams["s1"].predictions), CLASSES, last_s=None)
-    ys = next(tr for tr in fig.data if tr.name == "happy").y
+    ys = next(tr for tr in fig["data"] if tr["name"] == "happy")["y"]
     assert list(ys) == [0.5, 0.5, None, 0.5, 0.5]
     assert store.streams["s1"].gaps == 2
     assert not any(isinstance(y, float) and math.isnan(y) for y in ys if y is not None)

@@ -1,0 +1,242 @@
+"""End to end in a real browser: the capture daemon replays the bundled TESS example stream with
+the tiny model, the dashboard runs under `streamlit run`, and headless Chromium loads the page.
+The page is driven over the Chrome DevTools protocol (a websocket; no selenium) in real time:
+it must show predictions, the current emotion and the Grad-CAM heatmap. A screenshot is saved
+to test-artifacts/ for people to look at.
+
+Skips only where Chromium is missing, and never in CI (env CI set: it fails instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dashboard.cli import child_env, streamlit_command
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--no-first-run", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def chromium_binary() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is not installed (Debian package `chromium`); CI must run this")
+    pytest.skip("Chromium is not installed (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Output:
+    """Drains a child's output in a thread (a full pipe would stall the child) and keeps it."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """Group 1 of the first match of ``pattern`` in the output."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text())
+            if m:
+                return m.group(1)
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                m = re.search(pattern, self.text())
+                if m:
+                    return m.group(1)
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} within {timeout:.0f} s; output:\n"
+                             f"{self.text()[-3000:]}")
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol: evaluate JavaScript, take a screenshot."""
+
+    def __init__(self, ws) -> None:  # noqa: ANN001 - a websockets connection
+        self.ws = ws
+        self.next_id = 0
+
+    async def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        my_id = self.next_id
+        await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(await self.ws.recv())
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def js(self, expression: str) -> object:
+        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+
+# What the test reads from the page: visible text and the Plotly charts' traces.
+PAGE_STATE_JS = """
+(() => {
+  const plots = Array.from(document.querySelectorAll('.js-plotly-plot'));
+  const traces = plots.flatMap(p => (p.data || []).map(t => ({name: t.name || '',
+      type: t.type || '', n: (t.y || t.z || []).length})));
+  const metrics = Array.from(document.querySelectorAll('[data-testid="stMetric"]'))
+      .map(m => m.innerText.replace(/\\s+/g, ' ').trim());
+  return {text: document.body.innerText, traces: traces, metrics: metrics,
+          heatmapImages: plots.filter(p => p.querySelector('.heatmaplayer image, .hm image'))
+          .length};
+})()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -> None:
+    chrome = chromium_binary()
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = child_env()
+    daemon = dash = browser = None
+    try:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "emotion_monitor", "stream", "--replay",
+             str(REPO / "examples" / "tess_stream"), "--loop", "--speed", "1",
+             "--model", str(tiny_model_path), "--port", "0", "--threads", "1",
+             "--sessions-dir", str(tmp_path / "sessions")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        daemon_out = Output(daemon)
+        ws_url = daemon_out.wait_for(r"serving (ws://[^/\s]+)", 90)
+        port = free_port()
+        dash = subprocess.Popen(
+            streamlit_command(port, urls=[ws_url], sessions_dir=str(tmp_path / "sessions")),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        dash_out = Output(dash)
+        page_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{page_url}/_stcore/health", 60)
+        profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+        browser = subprocess.Popen(
+            [chrome, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+             "--remote-debugging-port=0", "--window-size=1500,1900", page_url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        devtools = Output(browser).wait_for(r"DevTools listening on (ws://\S+)", 60)
+        state = asyncio.run(drive(devtools, ARTIFACTS / "dashboard_live.png"))
+    except BaseException:
+        for name, out in (("daemon", locals().get("daemon_out")),
+                          ("dashboard", locals().get("dash_out"))):
+            if out is not None:
+                print(f"--- {name} output ---\n{out.text()[-4000:]}")
+        raise
+    finally:
+        for proc in (browser, dash, daemon):
+            stop(proc)
+
+    text, traces = state["text"], state["traces"]
+    names = {t["name"] for t in traces}
+    classes = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    # Predictions: the timeline has a trace per class with points in it.
+    assert set(classes) <= names, names
+    assert max(t["n"] for t in traces if t["name"] in classes) >= 2
+    # The current emotion (one of the classes) and its confidence.
+    current = next(m for m in state["metrics"] if m.startswith("Current emotion"))
+    assert any(c in current for c in classes), current
+    assert re.search(r"Confidence \d+%", " ".join(state["metrics"])), state["metrics"]
+    # The Grad-CAM heatmap over the spectrogram, with its analysis block.
+    assert "Grad-CAM" in names
+    assert "Grad-CAM Analysis for class:" in text
+    assert "No daemon connected" not in text
+    assert (ARTIFACTS / "dashboard_live.png").stat().st_size > 20_000
+
+
+async def drive(devtools_url: str, screenshot: Path, timeout: float = 120.0) -> dict:
+    """Open the page's DevTools socket, wait (real time) until it shows a prediction and an
+    explanation, let it run a few more seconds, and take a full-page screenshot."""
+    from websockets.asyncio.client import connect
+
+    port = re.search(r"ws://[^:/]+:(\d+)/", devtools_url).group(1)
+    deadline = time.monotonic() + 30
+    page_ws = None
+    while page_ws is None and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as resp:
+            pages = [t for t in json.load(resp) if t.get("type") == "page"]
+        page_ws = pages[0]["webSocketDebuggerUrl"] if pages else None
+        if page_ws is None:
+            await asyncio.sleep(0.3)
+    assert page_ws, "Chromium opened no page"
+    async with connect(page_ws, max_size=64 * 2**20, open_timeout=20) as ws:
+        cdp = DevTools(ws)
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=1500, height=1900,
+                       deviceScaleFactor=1, mobile=False)
+        deadline = time.monotonic() + timeout
+        state: dict = {}
+        while time.monotonic() < deadline:
+            state = await cdp.js(PAGE_STATE_JS) or {}
+            names = {t["name"] for t in state.get("traces", [])}
+            if "Grad-CAM" in names and "Grad-CAM Analysis for class:" in state.get("text", "") \
+                    and any(m.startswith("Current emotion") for m in state.get("metrics", [])):
+                break
+            await asyncio.sleep(1.0)
+        # A few more live redraws, so the picture has a timeline worth looking at.
+        await asyncio.sleep(6.0)
+        state = await cdp.js(PAGE_STATE_JS) or state
+        shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        return state
