@@ -16,14 +16,14 @@ Conventions shared with librosa (so the numbers mean the same thing):
   across the whole batch, so it is not used).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
 
-SAMPLE_RATE = 16_000
+from train.audio import SAMPLE_RATE
 
 
 def fix_length(wave: Tensor, n: int) -> Tensor:
@@ -116,3 +116,240 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         return power_to_db(self.mel(wave), self.amin, self.top_db).unsqueeze(1)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x[B, C, T]`` over the frames where ``mask[B, T]`` is True -> ``[B, C]``."""
+    m = mask.to(x.dtype).unsqueeze(1)
+    return (x * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
+
+
+@dataclass
+class UtteranceVectorConfig:
+    """Paper 1's 187-value utterance vector: means of MFCC, chroma, mel and spectral contrast.
+
+    ``n_fft=2048``/``hop_length=512`` are librosa's defaults, which paper 1's feature calls use
+    when they pass only ``y`` and ``sr``. ``chroma_tuning`` is fixed (0 = A440): librosa's
+    ``chroma_stft`` estimates a tuning offset per utterance by pitch tracking unless given one,
+    a data-dependent step we do not reproduce; its filterbank is librosa's own, built once.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mfcc: int = 40
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    n_chroma: int = 12
+    chroma_tuning: float = 0.0
+    contrast_fmin: float = 200.0
+    contrast_bands: int = 6
+    contrast_quantile: float = 0.02
+    amin: float = 1e-10
+    top_db: float = 80.0
+
+    @property
+    def size(self) -> int:
+        return self.n_mfcc + self.n_chroma + self.n_mels + self.contrast_bands + 1
+
+    def frames(self, n_samples: int) -> int:
+        return 1 + n_samples // self.hop_length
+
+
+def _contrast_bands(config: UtteranceVectorConfig) -> tuple[list[int], list[int], list[int]]:
+    """Octave sub-bands of ``librosa.feature.spectral_contrast`` as (start, stop, k) per band.
+
+    Reproduces librosa's band edges exactly: each band ``[f_low, f_high]`` gains the bin below
+    it (bands after the first), the last band runs to Nyquist, every band but the last drops its
+    top bin, and ``k = max(1, rint(quantile * bins-before-dropping))`` bins are averaged for
+    the peak and the valley. Computed once, so ``forward`` only slices contiguous ranges.
+    """
+    import numpy as np
+
+    sr, n_bands, fmin = config.sample_rate, config.contrast_bands, config.contrast_fmin
+    freq = np.fft.rfftfreq(config.n_fft, 1.0 / sr)
+    octa = np.zeros(n_bands + 2)
+    octa[1:] = fmin * (2.0 ** np.arange(0, n_bands + 1))
+    if np.any(octa[:-1] >= 0.5 * sr):
+        raise ValueError(
+            f"spectral contrast bands exceed Nyquist ({sr / 2} Hz): reduce contrast_fmin or "
+            "contrast_bands"
+        )
+    starts, stops, ks = [], [], []
+    for k, (f_low, f_high) in enumerate(zip(octa[:-1], octa[1:], strict=True)):
+        band = np.logical_and(freq >= f_low, freq <= f_high)
+        idx = np.flatnonzero(band)
+        if idx.size == 0:
+            raise ValueError(f"spectral contrast band {k} ({f_low}-{f_high} Hz) has no FFT bin")
+        if k > 0:
+            band[idx[0] - 1] = True
+        if k == n_bands:
+            band[idx[-1] + 1 :] = True
+        where = np.flatnonzero(band)
+        start, stop = int(where[0]), int(where[-1]) + 1
+        if k < n_bands:
+            stop -= 1
+        starts.append(start)
+        stops.append(stop)
+        ks.append(max(int(np.rint(config.contrast_quantile * band.sum())), 1))
+    return starts, stops, ks
+
+
+class UtteranceVector(torch.nn.Module):
+    """``wave[B, N]`` (+ optional ``lengths[B]``) -> ``[B, 187]``: MFCC 40, chroma 12, mel 128,
+    spectral contrast 7, each averaged over the utterance's frames, in that order.
+
+    Each block equals the frame mean of librosa's feature with the same settings:
+    ``mfcc(y, sr, n_mfcc=40)``, ``chroma_stft(y, sr, tuning=chroma_tuning)``,
+    ``melspectrogram(y, sr)`` (power, not dB) and ``spectral_contrast(y, sr)``. Chroma and
+    contrast are tensor code on the STFT (hand-written on purpose: torchaudio has neither).
+
+    Variable lengths: pad the batch with zeros and pass ``lengths`` (samples per row). Means,
+    and the per-utterance dB maxima behind MFCC and contrast, then cover only the first
+    ``1 + length // hop_length`` frames: exactly librosa's frames of the unpadded clip,
+    because the STFT pads with zeros too. Without ``lengths`` every row is taken as full.
+    """
+
+    def __init__(self, config: UtteranceVectorConfig | None = None) -> None:
+        super().__init__()
+        import librosa
+
+        config = config or UtteranceVectorConfig()
+        self.config = config
+        self.hop_length = config.hop_length
+        self.amin = config.amin
+        self.top_db = config.top_db
+        self.tiny = float(torch.finfo(torch.float32).tiny)
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=config.n_fft, hop_length=config.hop_length, power=None, pad_mode="constant"
+        )
+        mel_fb = torchaudio.functional.melscale_fbanks(
+            config.n_fft // 2 + 1,
+            config.f_min,
+            config.f_max,
+            config.n_mels,
+            config.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # [freq, n_mels]
+        self.register_buffer("mel_fb", mel_fb)
+        dct = torchaudio.functional.create_dct(config.n_mfcc, config.n_mels, norm="ortho")
+        self.register_buffer("dct", dct)  # [n_mels, n_mfcc]
+        chroma_fb = librosa.filters.chroma(
+            sr=config.sample_rate,
+            n_fft=config.n_fft,
+            tuning=config.chroma_tuning,
+            n_chroma=config.n_chroma,
+        )
+        self.register_buffer("chroma_fb", torch.as_tensor(chroma_fb, dtype=torch.float32))
+        self.band_starts, self.band_stops, self.band_k = _contrast_bands(config)
+
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+        magnitude = self.spectrogram(wave).abs()  # [B, F, T]
+        batch, frames = magnitude.shape[0], magnitude.shape[-1]
+        if lengths is None:
+            mask = torch.ones(batch, frames, dtype=torch.bool, device=wave.device)
+        else:
+            n_frames = torch.div(lengths.to(wave.device), self.hop_length, rounding_mode="floor")
+            mask = torch.arange(frames, device=wave.device).unsqueeze(0) <= n_frames.unsqueeze(1)
+        power = magnitude.square()
+
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)  # [B, M, T]
+        mel_db = power_to_db(mel, self.amin, self.top_db, mask)
+        mfcc = torch.matmul(mel_db.transpose(1, 2), self.dct).transpose(1, 2)  # [B, C, T]
+
+        chroma = torch.matmul(self.chroma_fb, power)  # [B, 12, T]
+        norm = chroma.abs().amax(dim=1, keepdim=True)
+        # librosa.util.normalize(norm=inf): frames whose max is below float32's tiny are left as is
+        chroma = chroma / torch.where(norm < self.tiny, torch.ones_like(norm), norm)
+
+        contrast = self._contrast(magnitude, mask)
+        return torch.cat(
+            [
+                _masked_mean(mfcc, mask),
+                _masked_mean(chroma, mask),
+                _masked_mean(mel, mask),
+                _masked_mean(contrast, mask),
+            ],
+            dim=1,
+        )
+
+    def _contrast(self, magnitude: Tensor, mask: Tensor) -> Tensor:
+        """librosa's spectral contrast on a magnitude STFT -> ``[B, bands + 1, T]``."""
+        peaks: list[Tensor] = []
+        valleys: list[Tensor] = []
+        for i in range(len(self.band_k)):
+            k = self.band_k[i]
+            ordered = torch.sort(magnitude[:, self.band_starts[i] : self.band_stops[i], :], dim=1)
+            ordered = ordered.values
+            valleys.append(ordered[:, :k, :].mean(dim=1))
+            peaks.append(ordered[:, ordered.shape[1] - k :, :].mean(dim=1))
+        peak = power_to_db(torch.stack(peaks, dim=1), self.amin, self.top_db, mask)
+        valley = power_to_db(torch.stack(valleys, dim=1), self.amin, self.top_db, mask)
+        return peak - valley
+
+
+@dataclass
+class DeltaLogMelConfig(LogMelConfig):
+    """Paper 2's three channels: static, delta and delta-delta log-mel, 64 mel bands.
+
+    ``n_fft=512`` (32 ms) and ``hop_length=160`` (10 ms) follow the 25-ms/10-ms framing of the
+    work paper 2 takes its three-channel segments from; 64 Slaney bands are ~46 Hz apart at the
+    bottom, wider than the 31 Hz FFT bins, so no band is empty. ``delta_width=9`` is
+    ``librosa.feature.delta``'s default.
+    """
+
+    n_fft: int = 512
+    n_mels: int = 64
+    delta_width: int = 9
+
+
+class DeltaLogMel(torch.nn.Module):
+    """``wave[B, N]`` -> ``[B, 3, n_mels, T]``: log-mel, its delta and its delta-delta.
+
+    The deltas equal ``librosa.feature.delta(logmel, width, order=1/2)`` *including the edges*:
+    librosa's delta is a Savitzky-Golay derivative (``order=2`` is the second derivative of a
+    local quadratic, not the delta of the delta) with polynomial-fit ("interp") edges. This is
+    linear, so the filter's matrix is taken once from librosa itself (``delta`` of an identity)
+    and applied as tensor code: the middle row is the interior kernel, the others the edges.
+    ``torchaudio.functional.compute_deltas`` was not used: it only matches order 1 in the
+    interior (it replicates edge frames, and its delta-delta differs everywhere). Clips shorter
+    than ``delta_width`` frames (librosa refuses them) are edge-replicated up to that length.
+    """
+
+    def __init__(self, config: DeltaLogMelConfig | None = None) -> None:
+        super().__init__()
+        import librosa
+        import numpy as np
+
+        config = config or DeltaLogMelConfig()
+        if config.delta_width < 3 or config.delta_width % 2 != 1:
+            raise ValueError(f"delta_width must be an odd integer >= 3, got {config.delta_width}")
+        self.config = config
+        base = {f.name: getattr(config, f.name) for f in fields(LogMelConfig)}
+        self.logmel = LogMel(LogMelConfig(**base))
+        self.width = config.delta_width
+        eye = np.eye(config.delta_width)
+        for order in (1, 2):
+            matrix = librosa.feature.delta(eye, width=config.delta_width, order=order, axis=0)
+            self.register_buffer(f"delta{order}", torch.as_tensor(matrix, dtype=torch.float32))
+
+    def _savgol(self, x: Tensor, matrix: Tensor) -> Tensor:
+        """Savitzky-Golay filter ``matrix[w, w]`` along the last axis of ``x``."""
+        width = self.width
+        half = width // 2
+        frames = x.shape[-1]
+        if frames < width:
+            x = torch.cat([x, x[..., -1:].repeat_interleave(width - frames, dim=-1)], dim=-1)
+        n = x.shape[-1]
+        left = torch.matmul(x[..., :width], matrix[:half].t())
+        middle = torch.matmul(x.unfold(-1, width, 1), matrix[half])
+        right = torch.matmul(x[..., n - width :], matrix[half + 1 :].t())
+        return torch.cat([left, middle, right], dim=-1)[..., :frames]
+
+    def forward(self, wave: Tensor) -> Tensor:
+        static = self.logmel(wave)  # [B, 1, M, T]
+        return torch.cat(
+            [static, self._savgol(static, self.delta1), self._savgol(static, self.delta2)], dim=1
+        )
