@@ -33,7 +33,8 @@ MIN_REFRESH_S = 0.5  # at most two redraws a second
 # Streamlit dims elements while a fragment reruns; a live view reruns all the time, so the
 # dimming would only make it flicker. Plain CSS, no script.
 PAGE_CSS = """<style>
-div[data-stale="true"] { opacity: 1 !important; transition: none !important; }
+div[data-stale="true"], [data-testid="stExpander"] details,
+[data-testid="stExpander"] summary { opacity: 1 !important; transition: none !important; }
 </style>"""
 START_HINT = ("Start one with `emotion-monitor stream --replay examples/tess_stream --loop`, "
               "or run everything at once with `emotion-monitor demo`.")

@@ -88,6 +88,7 @@ def streamlit_command(port: int, host: str = "127.0.0.1", urls: list[str] | None
         "--server.port", str(port), "--server.address", host,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+        "--client.toolbarMode", "viewer",
         "--server.maxUploadSize", str(max(1, int(max_upload_mb + 0.999))),
         "--", *app_args,
     ]

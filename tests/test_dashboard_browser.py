@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.cli import child_env, streamlit_command
+from dashboard.cli import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -89,18 +90,6 @@ class Output:
                              f"{self.text()[-3000:]}")
 
 
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
-
-
 def stop(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -151,27 +140,22 @@ PAGE_STATE_JS = """
 
 
 @pytest.mark.timeout(240)
-def test_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -> None:
+def test_demo_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -> None:
+    """`emotion-monitor demo` (daemon replaying the bundled TESS example stream + dashboard),
+    looked at by Chromium, then stopped with SIGTERM: both children must go, cleanly."""
     chrome = chromium_binary()
     ARTIFACTS.mkdir(exist_ok=True)
-    env = child_env()
-    daemon = dash = browser = None
+    sessions = tmp_path / "sessions"
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "emotion_monitor", "demo", "--model", str(tiny_model_path),
+         "--port", str(port), "--daemon-port", "0", "--sessions-dir", str(sessions)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    demo_out = Output(demo)
+    browser = None
     try:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "emotion_monitor", "stream", "--replay",
-             str(REPO / "examples" / "tess_stream"), "--loop", "--speed", "1",
-             "--model", str(tiny_model_path), "--port", "0", "--threads", "1",
-             "--sessions-dir", str(tmp_path / "sessions")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        daemon_out = Output(daemon)
-        ws_url = daemon_out.wait_for(r"serving (ws://[^/\s]+)", 90)
-        port = free_port()
-        dash = subprocess.Popen(
-            streamlit_command(port, urls=[ws_url], sessions_dir=str(tmp_path / "sessions")),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        dash_out = Output(dash)
-        page_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{page_url}/_stcore/health", 60)
+        page_url = demo_out.wait_for(r"open the dashboard:\s+(http://\S+)", 150)
+        daemon_url = demo_out.wait_for(r"-> (ws://\S+)", 5)
         profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
         browser = subprocess.Popen(
             [chrome, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
@@ -180,14 +164,18 @@ def test_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -
         devtools = Output(browser).wait_for(r"DevTools listening on (ws://\S+)", 60)
         state = asyncio.run(drive(devtools, ARTIFACTS / "dashboard_live.png"))
     except BaseException:
-        for name, out in (("daemon", locals().get("daemon_out")),
-                          ("dashboard", locals().get("dash_out"))):
-            if out is not None:
-                print(f"--- {name} output ---\n{out.text()[-4000:]}")
+        print(f"--- demo output ---\n{demo_out.text()[-6000:]}")
         raise
     finally:
-        for proc in (browser, dash, daemon):
-            stop(proc)
+        stop(browser)
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGTERM)
+        try:
+            code = demo.wait(40)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            raise AssertionError("demo did not stop on SIGTERM:\n"
+                                 + demo_out.text()[-3000:]) from None
 
     text, traces = state["text"], state["traces"]
     names = {t["name"] for t in traces}
@@ -204,6 +192,20 @@ def test_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -
     assert "Grad-CAM Analysis for class:" in text
     assert "No daemon connected" not in text
     assert (ARTIFACTS / "dashboard_live.png").stat().st_size > 20_000
+
+    # Stopped cleanly: exit 0, both servers gone, the session log ends with whole lines.
+    assert code == 0, demo_out.text()[-3000:]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{page_url}/_stcore/health", timeout=2)
+    host, dport = re.match(r"ws://([^:/]+):(\d+)", daemon_url).groups()
+    with pytest.raises(OSError), socket.create_connection((host, int(dport)), timeout=2):
+        pass
+    logs = list(sessions.glob("*.jsonl"))
+    assert len(logs) == 1
+    raw = logs[0].read_bytes()
+    assert raw.endswith(b"\n")
+    last = json.loads(raw.splitlines()[-1])
+    assert last["type"] in ("stream_ended", "status"), last
 
 
 async def drive(devtools_url: str, screenshot: Path, timeout: float = 120.0) -> dict:
