@@ -292,8 +292,8 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
                 "file, or name one inside the daemon's allowed directory (`--allowed-dir`).")
     connected = feed.connected()
     if not connected:
-        st.warning(f"No daemon connected, so nothing can be replayed yet. {START_HINT}",
-                   icon="🔌")
+        # Watch for a daemon in a small fragment; once one is up, redraw the whole page.
+        st.fragment(run_every=2.0)(_await_daemon)(feed)
         return
     url = st.selectbox("Daemon", connected) if len(connected) > 1 else connected[0]
     limits = (feed.store.source(url).hello or {}).get("limits") or {}
@@ -339,6 +339,12 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
         st.error(f"The daemon refused: {reply['message']} ({reply['code']})")
     else:
         st.success(f"Replaying as stream `{reply.get('stream') or '?'}`: see the Live tab.")
+
+
+def _await_daemon(feed: Feed) -> None:
+    if feed.connected():
+        st.rerun()
+    st.warning(f"No daemon connected, so nothing can be replayed yet. {START_HINT}", icon="🔌")
 
 
 def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -393,8 +399,9 @@ def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.timeline_figure(preds, view.classes, last_s=None,
                                               title="Whole session"),
-                      key="review-timeline")
-    right.plotly_chart(figures.distribution_figure(s.counts, view.classes), key="review-dist")
+                      key="review-timeline", config={"displayModeBar": False})
+    right.plotly_chart(figures.distribution_figure(s.counts, view.classes), key="review-dist",
+                       config={"displayModeBar": False})
     if alerts:
         st.dataframe([{"stream time": f"{a.t:.1f} s", "rule": a.rule, "what": a.message}
                       for a in alerts], hide_index=True)

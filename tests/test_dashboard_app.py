@@ -431,3 +431,29 @@ def test_timeline_breaks_lines_at_missing_windows() -> None:
     assert list(ys) == [0.5, 0.5, None, 0.5, 0.5]
     assert store.streams["s1"].gaps == 2
     assert not any(isinstance(y, float) and math.isnan(y) for y in ys if y is not None)
+
+
+@pytest.mark.timeout(60)
+def test_two_daemons_and_split_channels_are_told_apart() -> None:
+    other = "ws://other-daemon:2"
+    feed = Feed([URL, other])
+    agent = protocol.stream_info("call-ch0", "file", "call.wav", 1763760000.0, channel=0)
+    caller = protocol.stream_info("call-ch1", "file", "call.wav", 1763760000.0, channel=1)
+    feed.inject(URL, protocol.hello("sess-1", CARD, [agent, caller], HOP, 1,
+                                    {"max_message_bytes": 1, "max_upload_bytes": 1,
+                                     "queue_size": 1}))
+    feed.inject(URL, window("call-ch0", 0, "neutral", 0.8))
+    feed.inject(URL, window("call-ch1", 0, "angry", 0.8))
+    feed.inject(other, hello())
+    feed.inject(other, window("s1", 0, "sad", 0.8))
+    keys = list(feed.store.streams)
+    assert keys == ["fake-daemon:1 / call-ch0", "fake-daemon:1 / call-ch1", "other-daemon:2 / s1"]
+    labels = [feed.store.streams[k].label for k in keys]
+    assert "ch 0 (agent)" in labels[0] and "ch 1 (caller)" in labels[1]
+    at = app(feed)
+    at.run()
+    assert not at.exception
+    currents = [m.value for m in at.metric if m.label == "Current emotion"]
+    assert len(currents) == 3 and any("angry" in c for c in currents)
+    subheaders = [s.value for s in at.subheader]
+    assert any("caller" in s for s in subheaders) and any("agent" in s for s in subheaders)
