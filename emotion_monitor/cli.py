@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
     "train.experiments_cli",
     "streamer.cli",
+    "streamer.explain_cli",
     "dashboard.cli",
 )
 

@@ -140,6 +140,29 @@ def spec_grid(card: dict, n_freq: int, n_time: int) -> SpecGrid:
                     freqs.astype(np.float64))
 
 
+def infer_mel_scale(module: Any, card: dict) -> str:
+    """The card's ``features.mel_scale``; else read off the model's own mel filterbank.
+
+    Cards written before the field existed say nothing, and the project's front-end uses the
+    Slaney scale while torchaudio defaults to HTK, so guessing would put every band at the wrong
+    Hz. The filterbank buffer (``[n_fft // 2 + 1, n_mels]``) is in the file: its peaks tell.
+    """
+    feats = card.get("features") or {}
+    if feats.get("mel_scale"):
+        return str(feats["mel_scale"])
+    sr = float(card["sample_rate"])
+    n_fft, n_mels = int(feats.get("n_fft", 0)), int(feats.get("n_mels", 0))
+    f_min, f_max = float(feats.get("f_min") or 0.0), float(feats.get("f_max") or sr / 2)
+    named = getattr(module, "named_buffers", None)
+    for _, buf in (named() if named else ()):
+        if buf.dim() == 2 and tuple(buf.shape) == (n_fft // 2 + 1, n_mels):
+            peaks = buf.detach().float().argmax(dim=0).cpu().numpy() * sr / n_fft
+            errs = {s: float(np.abs(peaks - mel_band_centres(n_mels, f_min, f_max, s)).mean())
+                    for s in ("htk", "slaney")}
+            return min(errs, key=errs.__getitem__)
+    return "htk"
+
+
 # ----------------------------------------------------------------------------- results
 
 @dataclass
@@ -195,6 +218,7 @@ class Explanation:
     freqs_hz: np.ndarray  # [F]
     classes: list[str] = field(default_factory=list)
     raw_max: float = 0.0  # CAM peak before normalisation (0: no positive evidence at all)
+    mel_scale: str = "htk"  # the scale freqs_hz was computed on
     metrics: ExplanationMetrics | None = None
 
     @property
@@ -358,6 +382,9 @@ def explain_windows(
     forward of 2B masked windows); ``False`` leaves ``metrics`` None (cheapest live path).
     """
     module, card = _unpack(model, card)
+    feats = dict(card.get("features") or {})
+    if not feats.get("mel_scale"):
+        card = {**card, "features": {**feats, "mel_scale": infer_mel_scale(module, card)}}
     method = explain_method or card.get("explain_method") or "gradcam"
     classes = list(card["classes"])
     n_samples = int(round(float(card["sample_rate"]) * float(card["window_s"])))
@@ -370,7 +397,7 @@ def explain_windows(
         Explanation(method=method, target=int(tgt_np[i]), target_name=classes[int(tgt_np[i])],
                     probabilities=probs_np[i], cam=cam_np[i].astype(np.float32),
                     spectrogram=spec_np[i], times_s=grid.times_s, freqs_hz=grid.freqs_hz,
-                    classes=classes, raw_max=float(raw_np[i]))
+                    classes=classes, raw_max=float(raw_np[i]), mel_scale=grid.mel_scale)
         for i in range(len(tgt_np))
     ]
     if metrics:
@@ -547,6 +574,6 @@ def explanation_payload(expl: Explanation, stream_id: str, seq: int, card: dict 
 __all__ = [
     "DEFAULT_THRESHOLD", "METHODS", "Explanation", "ExplanationMetrics", "SpecGrid",
     "add_confidence_drops", "box_mask", "cam_metrics", "class_activation_maps", "downsample",
-    "explain_windows", "explanation_payload", "hz_to_mel", "mask_waves", "mel_band_centres",
-    "mel_to_hz", "random_box_like", "spec_grid", "target_probabilities",
+    "explain_windows", "explanation_payload", "hz_to_mel", "infer_mel_scale", "mask_waves",
+    "mel_band_centres", "mel_to_hz", "random_box_like", "spec_grid", "target_probabilities",
 ]

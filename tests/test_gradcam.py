@@ -285,3 +285,17 @@ def test_survives_an_optimised_explain_elsewhere(tiny_model_path, waves) -> None
         got = g.explain_windows(m, waves, metrics=False)
         np.testing.assert_allclose(np.stack([e.cam for e in got]),
                                    np.stack([e.cam for e in ref]), atol=1e-6)
+
+
+def test_mel_scale_from_card_or_filterbank(served) -> None:
+    c = card()  # the tiny model's card says nothing; its torchaudio filterbank is HTK
+    assert "mel_scale" not in c["features"]
+    assert g.infer_mel_scale(served.module, c) == "htk"
+    slaney = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, n_mels=64,
+                                                  mel_scale="slaney", norm="slaney")
+    assert g.infer_mel_scale(slaney, c) == "slaney"
+    assert g.infer_mel_scale(slaney, dict(c, features={**c["features"], "mel_scale": "htk"})) \
+        == "htk"  # the card wins when it says
+    e = g.explain_windows(served, torch.zeros(1, N), metrics=False)[0]
+    assert e.mel_scale == "htk"
+    np.testing.assert_allclose(e.freqs_hz, g.mel_band_centres(64, 0.0, 8000.0, "htk"))
