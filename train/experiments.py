@@ -135,85 +135,42 @@ def speaker_normalise(x: np.ndarray, speakers: Sequence[str | None]) -> np.ndarr
 
 # Fixed window for the spectrogram models: TESS clips are 1.25-2.99 s and the target word is at
 # the end, so 3 s covers every clip (zero-padded at the end; longer clips of other corpora are
-# cropped to their first 3 s).
+# cropped to their first 3 s). The 187-vector is a mean over each clip's own length.
 WINDOW_S = 3.0
 DELTA_FRAMES = 64  # paper 2's segments are 64 x 64 x 3
 
 
-_MEMO: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
-
-
-def _fixed_length(wave: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n, dtype=np.float32)
-    out[: min(n, len(wave))] = wave[:n]
-    return out
-
-
-def front_end(feature: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The train.features module for a feature kind, and the settings that define it."""
+def front_end(feature: str) -> tuple[nn.Module, int | None, str | None]:
+    """The train.features module for a feature kind, its fixed window, and the reshaping we
+    apply after it (recorded in config.json so export can do the same)."""
     from train import features
+    from train.audio import SAMPLE_RATE
 
+    window = int(WINDOW_S * SAMPLE_RATE)
     if feature == "vector":
-        module: nn.Module = features.UtteranceVector()
-    elif feature == "image":
+        return features.UtteranceVector(), None, None
+    if feature == "image":
         # hop 375 over a 3-s window gives 129 frames: paper 1's 128 x 128 image after resize.
         module = features.LogMel(features.LogMelConfig(hop_length=375))
-    elif feature == "delta":
-        module = features.DeltaLogMel()
-    else:
-        raise ValueError(f"unknown feature kind {feature!r}")
-    settings = {
-        "front_end": type(module).__name__,
-        "config": _settings_of(module),
-        "window_s": None if feature == "vector" else WINDOW_S,
-        "output": {"vector": [187], "image": [1, 128, 128], "delta": [3, 64, DELTA_FRAMES]}[
-            feature
-        ],
-        "resize": {
-            "vector": None,
-            "image": "bilinear resize of the [1, n_mels, T] log-mel to 128 x 128",
-            "delta": f"time averaged into {DELTA_FRAMES} equal segments (adaptive avg-pool)",
-        }[feature],
-    }
-    return module.eval(), settings
-
-
-def _settings_of(module: nn.Module) -> dict[str, Any]:
-    cfg = getattr(module, "config", None) or getattr(module, "cfg", None)
-    if cfg is None:
-        return {}
-    try:
-        return asdict(cfg)
-    except TypeError:
-        return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
-
-
-def _shape_output(feature: str, out: torch.Tensor) -> torch.Tensor:
-    if feature == "image":
-        return F.interpolate(out, size=(128, 128), mode="bilinear", align_corners=False)
+        return module, window, "bilinear resize of [1, 128, 129] to [1, 128, 128]"
     if feature == "delta":
+        return (features.DeltaLogMel(), window,
+                f"time averaged into {DELTA_FRAMES} equal segments (adaptive avg-pool)")
+    raise ValueError(f"unknown feature kind {feature!r}")
+
+
+def _shape_output(feature: str, x: np.ndarray) -> np.ndarray:
+    out = torch.from_numpy(x)
+    if feature == "image":
+        out = F.interpolate(out, size=(128, 128), mode="bilinear", align_corners=False)
+    elif feature == "delta":
         b, c, f, t = out.shape
-        flat = F.adaptive_avg_pool1d(out.reshape(b, c * f, t), DELTA_FRAMES)
-        return flat.reshape(b, c, f, DELTA_FRAMES)
-    return out
+        out = F.adaptive_avg_pool1d(out.reshape(b, c * f, t), DELTA_FRAMES)
+        out = out.reshape(b, c, f, DELTA_FRAMES)
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
 
 
-def _compute(utts: Sequence[Utterance], feature: str, module: nn.Module,
-             progress: bool) -> np.ndarray:
-    from train.audio import SAMPLE_RATE, load_audio
-
-    rows = []
-    n = int(WINDOW_S * SAMPLE_RATE)
-    batch = 1 if feature == "vector" else 32  # vectors are means over each clip's own length
-    with torch.no_grad():
-        for start in tqdm(range(0, len(utts), batch), desc=f"extract {feature}",
-                          disable=not progress, unit_scale=batch):
-            waves = [load_audio(u.path) for u in utts[start : start + batch]]
-            if feature != "vector":
-                waves = [_fixed_length(w, n) for w in waves]
-            out = module(torch.from_numpy(np.stack(waves)))
-            rows.append(_shape_output(feature, out).numpy().astype(np.float32))
-    return np.concatenate(rows)
+_MEMO: dict[tuple[str, str, tuple[str, ...]], tuple[np.ndarray, np.ndarray, dict]] = {}
 
 
 def extract_features(
@@ -221,29 +178,22 @@ def extract_features(
     feature: str,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Features for every utterance (array in utterance order) and the settings used.
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(features, kept indices into ``utts``, settings) via train.cache.
 
-    Uses train.cache (keyed by the audio files and the front-end settings) when a cache
-    directory is given, so a second run skips extraction.
+    The cache is keyed by the audio files and the front-end settings, so a second run skips
+    extraction; unreadable files are left out (``kept``) and named in the log.
     """
-    module, settings = front_end(feature)
-    memo_key = (feature, tuple(str(u.path) for u in utts))
-    if memo_key in _MEMO:  # `train paper` reuses one extraction across protocols
-        return _MEMO[memo_key], settings
-    if cache_dir is None:
-        _MEMO[memo_key] = _compute(utts, feature, module, progress)
-        return _MEMO[memo_key], settings
-    from train import cache
+    from train.cache import extract_features as cached_extract
 
-    x = cache.cached_features(  # type: ignore[attr-defined]
-        [u.path for u in utts],
-        {"feature": feature, **settings},
-        lambda: _compute(utts, feature, module, progress),
-        cache_dir,
-    )
-    _MEMO[memo_key] = x
-    return x, settings
+    memo_key = (feature, str(cache_dir), tuple(str(u.path) for u in utts))
+    if memo_key in _MEMO:  # `train paper` reuses one extraction across protocols
+        return _MEMO[memo_key]
+    module, window, reshape = front_end(feature)
+    fs = cached_extract(utts, module, cache_dir, window_samples=window, progress=progress)
+    settings = {**fs.settings, "reshape": reshape, "bad_files": fs.bad_files}
+    _MEMO[memo_key] = (_shape_output(feature, fs.features), fs.kept, settings)
+    return _MEMO[memo_key]
 
 
 # --------------------------------------------------------------------------- training
@@ -459,8 +409,9 @@ def run_experiment(
     utts = select_utterances(scan.utterances, cfg.per_class_limit)
     if not utts:
         raise ValueError(f"no usable utterances under {cfg.data}")
+    x, kept, feature_cfg = extract_features(utts, spec.feature, cache_dir, progress)
+    utts = [utts[i] for i in kept]
     y = labels_of(utts)
-    x, feature_cfg = extract_features(utts, spec.feature, cache_dir=cache_dir, progress=progress)
     if cfg.norm == "speaker":
         x = speaker_normalise(x, [u.speaker for u in utts])
     splits = make_splits(cfg.protocol, utts, k=cfg.k, seed=cfg.seed)

@@ -148,8 +148,9 @@ class MelLSTM(nn.Module):
 
     - ``"modified"`` (the paper's proposed model): LSTM 256 -> dense 128 relu -> dropout 0.2 ->
       dense 64 relu -> dropout 0.2 -> softmax. The paper prints only a parameter count
-      (305,799); exactly this stack on a one-value-per-step input has 305,799 parameters, so we
-      take it as the paper's layer structure (here fed 192 values per step).
+      (305,799); exactly this stack on a one-value-per-step input has 305,799 parameters in
+      Keras (torch counts 1,024 more: a second LSTM bias), so we take it as the paper's layer
+      structure (here fed 192 values per step).
     - ``"traditional"`` (the paper's "old version", 77,160 parameters, layers not given): one
       LSTM 128 -> softmax, no dense head. No common stack matches 77,160 exactly; this is our
       reading of "traditional" as the plain single-layer LSTM classifier.

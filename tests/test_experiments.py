@@ -1,0 +1,210 @@
+"""The protocol runner: every model under every protocol on a small TESS subset, resume,
+the CLI, and one real (small) training that must clearly beat chance (1/7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train.corpus import EMOTIONS
+from train.experiments import (
+    default_config,
+    resolve_device,
+    run_experiment,
+    speaker_normalise,
+    table_row,
+)
+from train.paper_models import MODELS, build_model
+from train.splits import PROTOCOLS
+
+pytestmark = pytest.mark.tess
+
+# 3 words x 7 emotions x 2 speakers = 42 files: enough for two folds of every protocol.
+SMOKE_LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_smoke_every_model_under_every_protocol(
+    model: str, protocol: str, tess_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = default_config(
+        tess_dir, model, protocol, epochs=2, per_class_limit=SMOKE_LIMIT, max_folds=2,
+        model_config=MODELS[model].tiny, batch_size=16,
+    )
+    res = run_experiment(cfg, tmp_path / "run", device="cpu", threads=1, cache_dir=cache_dir,
+                         progress=False)
+    run = tmp_path / "run"
+    saved = json.loads((run / "results.json").read_text())
+    assert set(saved) == {"model", "protocol", "config", "summary", "folds"}
+    assert saved["summary"]["folds"] == len(saved["folds"]) == 2
+    for key in ("accuracy_mean", "accuracy_std", "f1_weighted_mean", "train_accuracy_mean",
+                "precision_weighted_mean", "recall_weighted_mean", "train_seconds_per_fold"):
+        assert key in saved["summary"]
+    n_total = 0
+    for fold in saved["folds"]:
+        cm = np.array(fold["test"]["confusion_matrix"])
+        assert cm.shape == (7, 7)
+        assert cm.sum() == fold["n_test"] > 0
+        assert np.trace(cm) / cm.sum() == pytest.approx(fold["test"]["accuracy"])
+        assert set(fold["test"]["per_class"]) == set(EMOTIONS)
+        assert 0.0 <= fold["train_accuracy"] <= 1.0
+        n_total += fold["n_test"]
+        if model == "logreg":
+            assert fold["history"] == []
+        else:
+            assert [h["epoch"] for h in fold["history"]] == [1, 2]
+            assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(fold["history"][0])
+    assert np.array(saved["summary"]["confusion_matrix_total"]).sum() == n_total
+    if protocol == "speaker-independent":  # test on one actress, train on the other
+        assert [f["test_speakers"] for f in saved["folds"]] == [["OAF"], ["YAF"]]
+    html = (run / "report.html").read_text()
+    assert "plotly" in html.lower() and "Beside the papers" in html
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == model and config["classes"] == list(EMOTIONS)
+    assert config["versions"]["torch"] == torch.__version__.split("+")[0]
+    if model != "logreg":  # export rebuilds the model from config.json and loads model.pt
+        net = build_model(config["model"], len(config["classes"]), **config["model_config"])
+        net.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    row = table_row(res)
+    assert row["model"] == model and row["protocol"] == protocol and row["folds"] == 2
+    assert row["reduced_epochs"] is (model != "logreg")
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_run_resumes_from_its_finished_folds(
+    tess_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = default_config(tess_dir, "logreg", "cv5", per_class_limit=SMOKE_LIMIT, max_folds=2)
+    run = tmp_path / "run"
+    run_experiment(cfg, run, cache_dir=cache_dir, progress=False, write_report=False)
+    fold0 = run / "folds" / "fold0.json"
+    record = json.loads(fold0.read_text())
+    record["train_seconds"] = 12345.0  # a marker: a recomputed fold would lose it
+    fold0.write_text(json.dumps(record))
+    (run / "folds" / "fold1.json").unlink()  # as if killed during fold 1
+    res = run_experiment(cfg, run, cache_dir=cache_dir, progress=False, write_report=False)
+    assert res["folds"][0]["train_seconds"] == 12345.0
+    assert (run / "folds" / "fold1.json").exists()
+    # Different settings do not reuse old folds.
+    cfg2 = default_config(tess_dir, "logreg", "cv5", per_class_limit=SMOKE_LIMIT, max_folds=2,
+                          seed=1)
+    res2 = run_experiment(cfg2, run, cache_dir=cache_dir, progress=False, write_report=False)
+    assert res2["folds"][0]["train_seconds"] != 12345.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_real_training_clearly_beats_chance(tess_dir: Path, cache_dir: Path,
+                                            tmp_path: Path) -> None:
+    # 20 words x 7 emotions x 2 actresses = 280 files, 2 of 5 stratified folds; chance = 1/7.
+    base = dict(per_class_limit=20, max_folds=2)
+    lr = run_experiment(default_config(tess_dir, "logreg", "cv5", **base), tmp_path / "lr",
+                        cache_dir=cache_dir, progress=False, write_report=False)
+    assert lr["summary"]["accuracy_mean"] > 0.6
+    hyb = run_experiment(
+        default_config(tess_dir, "hybrid", "cv5", epochs=25,
+                       model_config={"filters": 16, "hidden": 32}, **base),
+        tmp_path / "hybrid", cache_dir=cache_dir, threads=2, progress=False, write_report=False,
+    )
+    assert hyb["summary"]["accuracy_mean"] > 0.6
+    # The learning curve goes the right way.
+    hist = hyb["folds"][0]["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def test_speaker_normalisation_standardises_each_speaker() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(5, 2, (50, 4)), rng.normal(-3, 0.5, (50, 4))])
+    z = speaker_normalise(x, ["a"] * 50 + ["b"] * 50)
+    for part in (z[:50], z[50:]):
+        assert np.allclose(part.mean(0), 0, atol=1e-5)
+        assert np.allclose(part.std(0), 1, atol=1e-3)
+    images = rng.normal(2, 3, (10, 1, 4, 6))
+    zi = speaker_normalise(images, ["a"] * 10)
+    assert np.allclose(zi.mean(axis=(0, 3)), 0, atol=1e-5)  # per band, over items and time
+
+
+def test_bad_settings_are_clear_errors(tess_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        default_config(tess_dir, "resnet", "cv5")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        default_config(tess_dir, "hybrid", "loso")
+    with pytest.raises(ValueError, match="unknown norm"):
+        default_config(tess_dir, "hybrid", "cv5", norm="global")
+    cfg = default_config(tess_dir, "hybrid", "cv5")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (50, 1e-3, 32)  # the paper's settings
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            resolve_device("cuda")
+
+
+@pytest.mark.timeout(120)
+def test_cuda_run(tess_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    cfg = default_config(tess_dir, "hybrid", "cv5", epochs=1, per_class_limit=SMOKE_LIMIT,
+                         max_folds=1, model_config=MODELS["hybrid"].tiny)
+    res = run_experiment(cfg, tmp_path / "run", device="cuda", cache_dir=cache_dir,
+                         progress=False, write_report=False)
+    assert res["config"]["device"].startswith("cuda")
+
+
+def test_cli_choices_mirror_the_registries() -> None:
+    from train import experiments_cli
+
+    assert experiments_cli.MODEL_CHOICES == tuple(MODELS)
+    assert experiments_cli.PROTOCOL_CHOICES == tuple(PROTOCOLS)
+
+
+@pytest.mark.timeout(180)
+def test_cli_run_and_paper_write_results(tess_dir: Path, cache_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from emotion_monitor.cli import main
+
+    common = ["--data", str(tess_dir), "--per-class-limit", str(SMOKE_LIMIT), "--max-folds", "2",
+              "--cache", str(cache_dir), "--quiet"]
+    rc = main(["train", "run", "--model", "logreg", "--protocol", "word-disjoint",
+               "-o", str(tmp_path / "one"), *common])
+    assert rc == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert (tmp_path / "one" / "results.json").exists()
+
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "README.md").write_text(
+        "# R\n\n<!-- results-table:start -->\nold\n<!-- results-table:end -->\n\nmy notes\n"
+    )
+    rc = main(["train", "paper", "--models", "logreg", "--protocols", "cv5,speaker-independent",
+               "-o", str(tmp_path / "paper"), "--publish", str(pub), *common])
+    assert rc == 0
+    rows = json.loads((pub / "tess.json").read_text())
+    assert [(r["model"], r["protocol"]) for r in rows] == [
+        ("logreg", "cv5"), ("logreg", "speaker-independent")
+    ]
+    for r in rows:
+        assert {"model", "protocol", "folds", "accuracy_mean", "accuracy_std",
+                "f1_weighted_mean", "paper_accuracy", "train_seconds", "device"} <= set(r)
+    readme = (pub / "README.md").read_text()
+    assert "my notes" in readme and "| logreg | cv5 |" in readme and "old" not in readme
+    assert (tmp_path / "paper" / "report.html").exists()
+
+    with pytest.raises(SystemExit):
+        main(["train", "run", "--model", "nope", *common])
