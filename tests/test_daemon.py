@@ -1,0 +1,308 @@
+"""The daemon end to end: a real websockets client against a real daemon replaying TESS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.exceptions import ConnectionClosed
+
+from streamer import protocol
+from streamer.model import ServedModel
+from streamer.sessionlog import read_session
+from streamer.sources import Chunk, FileSource, Source, SourceError
+from streamer.windows import Windower
+from tests.streamer_harness import (
+    DaemonProcess,
+    client,
+    copy_files,
+    make_config,
+    running,
+    tess_files,
+)
+
+HOP = 0.5
+BROADCAST = {"prediction", "explanation", "status", "stream_started", "stream_ended", "error"}
+
+
+def expected_windows(files, model: ServedModel, gap_s: float):
+    """The windows the daemon should make of ``files`` (same source, same windower)."""
+    src = FileSource(files, model.sample_rate, name="ref", speed=0, gap_s=gap_s).open()
+    win = Windower("ref", model.sample_rate, model.window_s, HOP)
+    out = []
+    src.run(lambda c: out.extend(win.push(c.samples)), threading.Event())
+    return out + win.flush()
+
+
+@pytest.mark.timeout(90)
+def test_replay_end_to_end(tmp_path, tiny_model_path, tess_dir):
+    """hello first; seq +1; t_start steps by the hop; probabilities = the model's own output on
+    the same windows (1e-5); the session log holds exactly what was sent."""
+    allowed = tmp_path / "allowed"
+    files = copy_files(tess_files(tess_dir, 3), allowed / "clips")
+    cfg = make_config(tmp_path, tiny_model_path, allowed_dir=allowed, hop_s=HOP)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            ack = await c.request(protocol.replay(path="clips", speed=0, id="r1"))
+            assert ack["type"] == "ack", ack
+            sid = ack["stream"]
+            await c.until(lambda m: m["type"] == "stream_ended" and m["stream"] == sid)
+            await c.until(lambda m: m["type"] == "status")  # at least one status too
+            return daemon, c, sid
+
+    daemon, c, sid = asyncio.run(main())
+    assert c.msgs[0]["type"] == "hello" and c.msgs[0]["client_id"]
+    assert c.msgs[0]["model"]["classes"] == daemon.model.classes
+    for m in c.msgs:
+        protocol.validate(m, direction="server")
+    assert not c.of("error"), c.of("error")
+    preds = c.of("prediction", sid)
+    ref = expected_windows(sorted(files), daemon.model, cfg.gap_s)
+    assert len(preds) == len(ref) >= 8
+    assert [p["seq"] for p in preds] == list(range(len(ref)))
+    np.testing.assert_allclose([p["t_start"] for p in preds], np.arange(len(ref)) * HOP)
+    voiced = [p for p in preds if p["voiced"]]
+    assert len(voiced) >= len(preds) // 2, "TESS speech should be mostly voiced"
+    probs = daemon.model.predict(np.stack([w.samples for w in ref]))
+    for p in voiced:
+        got = [p["probabilities"][k] for k in daemon.model.classes]
+        np.testing.assert_allclose(got, probs[p["seq"]], atol=1e-5)
+        assert p["label"] == daemon.model.classes[int(np.argmax(probs[p["seq"]]))]
+    started = c.of("stream_started")
+    assert started[0]["ref"] == "r1" and started[0]["stream"]["kind"] == "file"
+    ended = c.of("stream_ended", sid)[0]
+    assert ended["reason"] == "eof" and ended["windows"] == len(ref)
+    # The session log: hello first, then byte for byte every broadcast message the client got.
+    lines = (tmp_path / "sessions" / f"{daemon.session_id}.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "hello" and json.loads(lines[0])["client_id"] is None
+    received = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] in BROADCAST]
+    non_status_log = [ln for ln in lines[1:] if json.loads(ln)["type"] != "status"]
+    assert [r for r in received if json.loads(r)["type"] != "status"] == non_status_log
+    assert set(received) <= set(lines)
+    # status reported this stream's windows.
+    last = [s for s in c.of("status") if any(x["stream"] == sid for x in s["streams"])][-1]
+    row = next(x for x in last["streams"] if x["stream"] == sid)
+    assert row["windows"] == len(ref) and row["voiced_windows"] == len(voiced)
+    assert row["dropped_windows"] == 0 and row["state"] == "ended"
+
+
+@pytest.mark.timeout(60)
+def test_explanations_follow_predictions(tmp_path, tiny_model_path, tess_dir):
+    """--explain-every 2: every 2nd voiced window of the stream gets a valid explanation
+    frame (<= 32 KB) with the same stream and seq, after its prediction."""
+    files = tess_files(tess_dir, 2)
+    cfg = make_config(tmp_path, tiny_model_path, explain_every=2)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            await daemon._start_source(FileSource(files, 16000, name="ex", speed=0))
+            await c.until(lambda m: m["type"] == "stream_ended")
+            return c
+
+    c = asyncio.run(main())
+    assert not c.of("error"), c.of("error")
+    voiced = [p["seq"] for p in c.of("prediction") if p["voiced"]]
+    expl = c.of("explanation")
+    assert [e["seq"] for e in expl] == voiced[::2]
+    order = [(m["type"], m["seq"]) for m in c.msgs if m["type"] in ("prediction", "explanation")]
+    for e in expl:
+        assert order.index(("prediction", e["seq"])) < order.index(("explanation", e["seq"]))
+        assert len(protocol.encode(e).encode()) <= protocol.MAX_EXPLANATION_BYTES
+        assert protocol.decode_frame(e["cam"]).shape == tuple(e["cam"]["shape"])
+
+
+@pytest.mark.timeout(60)
+def test_speed_one_takes_about_real_time(tmp_path, tiny_model_path, tess_dir):
+    """--speed 1 paces replay in real time (a behaviour check, loose bounds)."""
+    files = tess_files(tess_dir, 1)
+    duration = sf.info(str(files[0])).duration
+    cfg = make_config(tmp_path, tiny_model_path)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            t0 = time.monotonic()
+            await daemon._start_source(FileSource(files, 16000, name="rt", speed=1.0))
+            await c.until(lambda m: m["type"] == "stream_ended", timeout=30)
+            return time.monotonic() - t0, c
+
+    elapsed, c = asyncio.run(main())
+    assert 0.7 * duration <= elapsed <= 2.0 * duration + 0.5, (elapsed, duration)
+    assert c.of("prediction") and not c.of("error")
+
+
+class FailingSource(Source):
+    """Delivers a second of noise, then fails like an unplugged microphone."""
+
+    kind = "mic"
+
+    def __init__(self, name: str) -> None:
+        self.name, self.sample_rate = name, 16000
+
+    @property
+    def stream_ids(self):
+        return [self.name]
+
+    def describe(self):
+        return [{"id": self.name, "kind": "mic", "source": "fake"}]
+
+    def run(self, emit, stop):
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            emit(Chunk(self.name, (rng.standard_normal(1600) * 0.1).astype(np.float32),
+                       time.time(), time.perf_counter()))
+        raise SourceError("fake microphone: device unplugged")
+
+
+def _bad_files(d):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "notes.wav").write_text("this is not audio\n" * 50)
+    (d / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 20)
+    sf.write(str(d / "six.wav"), np.zeros((16000, 6), dtype=np.float32), 16000)
+    return d
+
+
+@pytest.mark.timeout(90)
+def test_bad_files_and_failing_source(tmp_path, tiny_model_path, tess_dir):
+    """Corrupt, empty, non-audio and 6-channel files: a clear error each, the daemon goes on;
+    a source that fails mid-stream ends its stream with error + stream_ended, others go on."""
+    bad = _bad_files(tmp_path / "allowed")
+    good = copy_files(tess_files(tess_dir, 1), tmp_path / "allowed")[0]
+    cfg = make_config(tmp_path, tiny_model_path, allowed_dir=tmp_path / "allowed")
+    initial = [FileSource([bad / "empty.wav"], 16000, name="initial", speed=0)]
+
+    async def main():
+        async with running(cfg, initial) as daemon, client(daemon) as c:
+            replies = {}
+            for name in ("empty.wav", "notes.wav", "corrupt.flac", "six.wav"):
+                replies[name] = await c.request(protocol.replay(path=name, speed=0, id=name))
+            await daemon._start_source(FailingSource("flaky"))
+            ack = await c.request(protocol.replay(path=good.name, speed=0, id="good"))
+            await c.until(lambda m: m["type"] == "stream_ended" and m["stream"] == ack["stream"])
+            await c.until(lambda m: m["type"] == "stream_ended" and m["stream"] == "flaky",
+                          seen=True)
+            return daemon, c, replies, ack
+
+    daemon, c, replies, ack = asyncio.run(main())
+    for name, reply in replies.items():
+        assert reply["type"] == "error" and reply["code"] == "bad_audio", reply
+        assert name in reply["message"]
+    assert "channels" in replies["six.wav"]["message"]
+    for reply in replies.values():
+        assert "audio file" in reply["message"] or "channels" in reply["message"]
+    errs = [m for m in c.of("error") if m.get("stream") == "flaky"]
+    assert errs and errs[0]["code"] == "source_failed" and "unplugged" in errs[0]["message"]
+    ended = c.of("stream_ended", "flaky")[0]
+    assert ended["reason"] == "error" and ended["windows"] >= 1
+    assert c.msgs.index(errs[0]) < c.msgs.index(ended)
+    assert c.of("stream_ended", ack["stream"])[0]["reason"] == "eof"
+    assert c.of("prediction", ack["stream"])
+    # The start-up source that failed to open was logged as an error; the daemon went on.
+    logged = read_session(tmp_path / "sessions" / f"{daemon.session_id}.jsonl").messages
+    assert any(m["type"] == "error" and "empty.wav" in m["message"] for m in logged)
+
+
+@pytest.mark.timeout(60)
+def test_stop_stream_and_record_audio(tmp_path, tiny_model_path, tess_dir):
+    """stop_stream ends a looping stream with reason "stopped"; --record-audio writes FLAC."""
+    files = tess_files(tess_dir, 1)
+    cfg = make_config(tmp_path, tiny_model_path, record_audio=True)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            await daemon._start_source(FileSource(files, 16000, name="lp", speed=4, loop=True))
+            await c.until(lambda m: m["type"] == "prediction" and m["seq"] >= 3)
+            reply = await c.request(protocol.stop_stream("lp", id="s"))
+            assert reply["type"] == "ack"
+            ended = await c.until(lambda m: m["type"] == "stream_ended")
+            missing = await c.request(protocol.stop_stream("nope", id="x"))
+            return daemon, ended, missing
+
+    daemon, ended, missing = asyncio.run(main())
+    assert ended["reason"] == "stopped" and ended["stream"] == "lp"
+    assert missing["code"] == "not_found"
+    flac = tmp_path / "sessions" / daemon.session_id / "lp.flac"
+    info = sf.info(str(flac))
+    assert info.samplerate == 16000 and info.frames / 16000 == pytest.approx(ended["t_end_s"])
+
+
+def _messages_from(url_: str, n_predictions: int, out: list, done: threading.Event) -> None:
+    """Background client (own loop) that reads everything until the connection closes."""
+    from websockets.sync.client import connect as sync_connect
+
+    try:
+        with sync_connect(url_) as ws:
+            try:
+                while True:
+                    raw = ws.recv(timeout=30)
+                    out.append(raw)
+                    if sum('"type":"prediction"' in r for r in out) >= n_predictions:
+                        done.set()
+            except ConnectionClosed as exc:
+                out.append(("closed", exc.rcvd.code if exc.rcvd else None))
+    finally:
+        done.set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_stream_clean_exit(tmp_path, tiny_model_path, tess_dir, sig):
+    """SIGTERM/SIGINT mid-stream: exit 0, streams end with "shutdown", clients closed with
+    1001, and the log is complete (everything the client got, no partial line)."""
+    files = tess_files(tess_dir, 2)
+    d = DaemonProcess(["--replay", *map(str, files), "--loop", "--speed", "2",
+                       "--model", str(tiny_model_path), "--device", "cpu", "--vad", "energy",
+                       "--explain-every", "0", "--sessions-dir", str(tmp_path / "s"),
+                       "--session-id", "sig"], cwd=tmp_path)
+    got: list = []
+    done = threading.Event()
+    t = threading.Thread(target=_messages_from, args=(d.url, 4, got, done), daemon=True)
+    t.start()
+    assert done.wait(60), got
+    d.signal(sig)
+    rc, err = d.wait()
+    t.join(10)
+    assert rc == 0, err
+    assert got[-1] == ("closed", 1001), got[-5:]
+    read = read_session(tmp_path / "s" / "sig.jsonl")
+    assert not read.partial_last_line and read.bad_lines == 0
+    texts = set((tmp_path / "s" / "sig.jsonl").read_text().splitlines())
+    received = [r for r in got[:-1] if json.loads(r)["type"] in BROADCAST]
+    assert set(received) <= texts
+    ended = [m for m in read.messages if m["type"] == "stream_ended"]
+    assert ended and all(m["reason"] == "shutdown" for m in ended)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigkill_log_readable(tmp_path, tiny_model_path, tess_dir):
+    """SIGKILL: the log stays readable; everything the client received is in it (at most a
+    partial last line is lost, and the reader skips it)."""
+    files = tess_files(tess_dir, 2)
+    d = DaemonProcess(["--replay", *map(str, files), "--loop", "--speed", "4",
+                       "--model", str(tiny_model_path), "--device", "cpu", "--vad", "energy",
+                       "--explain-every", "0", "--sessions-dir", str(tmp_path / "s"),
+                       "--session-id", "kill"], cwd=tmp_path)
+    got: list = []
+    done = threading.Event()
+    t = threading.Thread(target=_messages_from, args=(d.url, 6, got, done), daemon=True)
+    t.start()
+    assert done.wait(60), got
+    d.signal(signal.SIGKILL)
+    rc, _ = d.wait()
+    t.join(10)
+    assert rc == -signal.SIGKILL
+    path = tmp_path / "s" / "kill.jsonl"
+    read = read_session(path)
+    assert read.bad_lines == 0 and read.messages[0]["type"] == "hello"
+    complete = set(path.read_bytes().decode().split("\n")[:-1])
+    received = [r for r in got if isinstance(r, str) and json.loads(r)["type"] in BROADCAST]
+    assert received and set(received) <= complete
