@@ -306,7 +306,7 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
                                   type=["wav", "flac"], max_upload_size=max(1, max_bytes // 2**20))
     else:
         path = st.text_input("Path (relative to the daemon's allowed directory)",
-                             placeholder="calls/2026-11-21/call-0042.flac")
+                             placeholder="tess_stream/YAF_dog_sad.flac")
     c1, c2, c3 = st.columns(3)
     speed = c1.select_slider("Speed", options=list(SPEEDS), value=1.0,
                              format_func=lambda v: "as fast as possible" if v == 0 else f"{v:g}×")
@@ -352,8 +352,8 @@ def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str,
     while time.monotonic() < deadline:
         with feed.store.lock:
             reply = feed.store.replies.get(request_id)
-        if reply is not None and reply["type"] in ("ack", "error"):
-            if reply["type"] == "ack" and isinstance(reply.get("stream"), dict):
+        if reply is not None:
+            if isinstance(reply.get("stream"), dict):  # stream_started carries the stream info
                 reply = {**reply, "stream": reply["stream"].get("stream")}
             return reply
         time.sleep(0.05)

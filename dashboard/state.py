@@ -65,7 +65,7 @@ class StreamData:
         parts = [self.key]
         source = str(self.info.get("source") or "").replace("\\", "/").rstrip("/")
         name = source.rsplit("/", 1)[-1][:40]
-        if name and name != self.stream_id:
+        if name and name.rsplit(".", 1)[0] != self.stream_id:
             parts.append(name)
         channel = self.info.get("channel")
         if channel is not None:
@@ -183,7 +183,11 @@ class Store:
                 self.events.append((time.time(), "warning" if data.ended == "error" else "info",
                                     f"{data.label}: stream ended ({data.ended})"))
             if kind in ("ack", "error", "stream_started") and msg.get("ref") is not None:
-                self.replies[str(msg["ref"])] = dict(msg)
+                # An `ack` and a `stream_started` may answer the same request; keep the first
+                # answer unless an error follows it.
+                ref = str(msg["ref"])
+                if ref not in self.replies or kind == "error":
+                    self.replies[ref] = dict(msg)
                 while len(self.replies) > 100:
                     self.replies.popitem(last=False)
             if kind == "error":

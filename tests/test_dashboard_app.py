@@ -164,9 +164,12 @@ class FakeDaemon:
             async for raw in ws:
                 msg = json.loads(raw)
                 self.received.append(msg)
-                if msg["type"] == "replay":
+                if msg["type"] == "replay":  # as the daemon answers: ack, then started
                     await ws.send(protocol.encode(protocol.ack("replay", ref=msg.get("id"),
                                                                stream="up1")))
+                    info = protocol.stream_info("up1", "upload", "clip.flac", time.time())
+                    await ws.send(protocol.encode(protocol.stream_started(info,
+                                                                          ref=msg.get("id"))))
         finally:
             task.cancel()
 
