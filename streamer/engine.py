@@ -137,9 +137,9 @@ class Engine:
 
             expls = gradcam.explain_windows(self.model, np.stack([w.samples for w in windows]),
                                             metrics=self.explain_drops)
-            if not self.explain_drops:
-                grid = gradcam.spec_grid(self.model.card, *expls[0].cam.shape)
-                for e in expls:
+            for e in expls:  # older gradcam versions left metrics None without the drops
+                if e.metrics is None:
+                    grid = gradcam.spec_grid(self.model.card, *e.cam.shape)
                     e.metrics = gradcam.cam_metrics(e.cam, grid,
                                                     float(e.probabilities[e.target]))
             msgs = [gradcam.explanation_payload(e, w.stream_id, w.seq, self.model.card)
