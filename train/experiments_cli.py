@@ -173,11 +173,12 @@ def _paper(args: argparse.Namespace) -> int:
                 args.data, model, protocol, epochs=epochs_for.get(model), seed=args.seed,
                 norm=args.norm, max_folds=args.max_folds, per_class_limit=args.per_class_limit,
             )
-            res = run_experiment(cfg, out / f"{model}-{protocol}", device=args.device,
+            suffix = "" if args.norm == "fold" else f"-{args.norm}-norm"
+            res = run_experiment(cfg, out / f"{model}-{protocol}{suffix}", device=args.device,
                                  threads=args.threads, cache_dir=_cache(args),
                                  progress=not args.quiet)
             runs.append(res)
-            rows.append(table_row(res))
+            rows.append({**table_row(res), "command": command})
             _write_table(out, rows, runs, command, args.publish,
                          write_markdown, write_table_report)
             r = rows[-1]
@@ -195,7 +196,17 @@ def _write_table(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
     write_markdown(rows, out / "README.md", command)
     write_table_report(rows, runs, out / "report.html", command)
     if publish:
+        # Merge into what is published: a row is replaced only by the same (model, protocol,
+        # norm), so tables made by several commands (e.g. reduced epochs for slow models) add up.
         pub = Path(publish)
         pub.mkdir(parents=True, exist_ok=True)
-        (pub / "tess.json").write_text(json.dumps(rows, indent=2) + "\n")
-        write_markdown(rows, pub / "README.md", command)
+        table = pub / "tess.json"
+        old = json.loads(table.read_text()) if table.exists() else []
+        mine = {(r["model"], r["protocol"], r["norm"]) for r in rows}
+        merged = [r for r in old if (r["model"], r["protocol"], r["norm"]) not in mine] + rows
+        order = {m: i for i, m in enumerate(MODEL_CHOICES)}
+        proto = {p: i for i, p in enumerate(PROTOCOL_CHOICES)}
+        merged.sort(key=lambda r: (order.get(r["model"], 99), proto.get(r["protocol"], 9),
+                                   r["norm"]))
+        table.write_text(json.dumps(merged, indent=2) + "\n")
+        write_markdown(merged, pub / "README.md")

@@ -231,8 +231,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], command: str = "") -> str:
             f"{100 * r['f1_weighted_mean']:.2f} | {paper} | {epochs} | {r['norm']} | "
             f"{r['train_seconds']} | {r['device']} |"
         )
-    if command:
-        lines += ["", f"Made by: `{command}`"]
+    commands = [command] if command else list(dict.fromkeys(
+        r["command"] for r in rows if r.get("command")))
+    if commands:
+        lines += ["", "Made by:", ""] + [f"    {c}" for c in commands]
     return "\n".join(lines)
 
 
