@@ -66,6 +66,19 @@ class Engine:
                                   zeros.shape[1])])
         self.stats = dict.fromkeys(self.stats, 0)
 
+    def feed(self, stream_id: str, samples: np.ndarray, start_sample: int) -> None:
+        """Optional: a stream's samples as they arrive (``start_sample`` = index of
+        ``samples[0]`` in the stream). The VAD then scores them in the background, so a
+        window's VAD is mostly done when it completes (lower latency). Cheap; call it from
+        the event loop for every chunk."""
+        if self.vad is not None:
+            self.vad.feed(stream_id, samples, start_sample)
+
+    def close(self) -> None:
+        """Stop background work (the VAD thread that ``feed`` starts)."""
+        if self.vad is not None:
+            self.vad.close()
+
     def end_stream(self, stream_id: str) -> None:
         """Forget a stream's VAD state and explanation counter."""
         self._voiced_count.pop(stream_id, None)

@@ -3,6 +3,7 @@ state kept while streams are batched; each sample scored once."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,27 @@ def test_energy_fallback_and_config_checks() -> None:
         VadConfig("webrtc")
     with pytest.raises(ValueError):
         VadConfig(min_voiced=2.0)
+
+
+@pytest.mark.timeout(60)
+def test_fed_chunks_scored_in_background_give_the_same_answer(speech: np.ndarray) -> None:
+    wins = _windows("s", speech)
+    ref = Vad(VadConfig("silero"), SR).voiced_fractions(wins)
+    vad = Vad(VadConfig("silero"), SR, interval_s=0.01)
+    try:
+        w = Windower("s", SR, 3.0, 0.5)
+        got: list[float] = []
+        for lo in range(0, speech.size, 800):  # 50 ms chunks, as a paced source sends them
+            chunk = speech[lo:lo + 800]
+            vad.feed("s", chunk, lo)
+            ready = w.push(chunk)
+            if ready:
+                deadline = time.monotonic() + 10
+                while vad._streams["s"].fed and time.monotonic() < deadline:
+                    time.sleep(0.005)  # let the background thread catch up
+                assert vad._streams["s"].pos >= ready[-1].start_sample + 48000 - 800
+                got += vad.voiced_fractions(ready)
+        got += vad.voiced_fractions(w.flush())
+    finally:
+        vad.close()
+    np.testing.assert_allclose(got, ref, atol=1.5 / 93)
