@@ -114,6 +114,7 @@ class Vad:
         self._streams: dict[str, _StreamState] = {}
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
+        self._inbox: deque[tuple[str, int, np.ndarray]] = deque()
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ streams
@@ -129,13 +130,21 @@ class Vad:
 
     def feed(self, stream_id: str, samples: np.ndarray, start_sample: int) -> None:
         """New samples of a stream (``start_sample`` = their index in the stream), to be
-        scored in the background before their window is complete. Cheap; never blocks long."""
-        with self._lock:
-            self._state(stream_id, start_sample).fed.append((int(start_sample), samples))
-            if self._thread is None and not self._closed.is_set():
-                self._thread = threading.Thread(target=self._background, name="vad",
-                                                daemon=True)
-                self._thread.start()
+        scored in the background before their window is complete. Never blocks: a deque
+        append (atomic), drained by whoever scores next."""
+        self._inbox.append((stream_id, int(start_sample), samples))
+        if self._thread is None and not self._closed.is_set():
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._background, name="vad",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _drain(self) -> None:
+        """Move fed chunks to their streams (under the lock)."""
+        while self._inbox:
+            stream_id, start, samples = self._inbox.popleft()
+            self._state(stream_id, start).fed.append((start, samples))
 
     def close(self) -> None:
         """Stop the background thread (if ``feed`` started one)."""
@@ -146,7 +155,10 @@ class Vad:
     def _background(self) -> None:
         while not self._closed.wait(self.interval_s):
             try:
+                if not self._inbox:
+                    continue
                 with self._lock:
+                    self._drain()
                     busy = [st for st in self._streams.values() if st.fed]
                     if busy:
                         self._score(busy)
@@ -235,6 +247,7 @@ class Vad:
         """Fraction of each window's frames that hold speech (windows of a stream in order)."""
         thr = self.config.threshold if self.method == "silero" else 0.5
         with self._lock:
+            self._drain()
             states: dict[str, _StreamState] = {}
             for win in windows:
                 st = states[win.stream_id] = self._state(win.stream_id, win.start_sample)
