@@ -303,7 +303,7 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
     upload = path = None
     if how == "Upload":
         upload = st.file_uploader(f"WAV or FLAC, up to {max_bytes / 2**20:.0f} MiB",
-                                  type=["wav", "flac"], max_upload_size=max(1, max_bytes // 2**20))
+                                  type=["wav", "flac"])
     else:
         path = st.text_input("Path (relative to the daemon's allowed directory)",
                              placeholder="tess_stream/YAF_dog_sad.flac")

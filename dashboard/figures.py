@@ -76,9 +76,10 @@ def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
             xs.append(None)
             for c in classes:
                 ys[c].append(None)
-        xs.append(p.t_end)
+        xs.append(round(p.t_end, 3))
         for c in classes:
-            ys[c].append(p.probs.get(c) if p.voiced else None)
+            v = p.probs.get(c) if p.voiced else None
+            ys[c].append(None if v is None else round(v, 4))  # fewer bytes per redraw
         if not p.voiced:
             lo = prev.t_end if prev is not None else p.t_start
             if silent and abs(silent[-1][1] - lo) < 1e-6:
@@ -137,8 +138,9 @@ def explanation_figure(msg: Mapping[str, Any]) -> Figure:
     Bands are drawn evenly (mel spacing) and labelled in Hz, so low frequencies are not
     squashed as they would be on a linear Hz axis.
     """
-    spec = protocol.decode_frame(msg["spectrogram"])
-    cam = protocol.decode_frame({**msg["cam"], "min": 0.0, "max": 1.0})
+    # 8-bit frames: two decimals of log-mel and three of CAM lose nothing real.
+    spec = protocol.decode_frame(msg["spectrogram"]).round(2)
+    cam = protocol.decode_frame({**msg["cam"], "min": 0.0, "max": 1.0}).round(3)
     times = list(msg["axes"]["times_s"])
     freqs = list(msg["axes"]["freqs_hz"])
     bands = list(range(len(freqs)))
