@@ -186,6 +186,7 @@ class Daemon:
                 min_voiced=self.config.vad_min_voiced)
             self.engine = Engine(self.model, vad=vad, explain_every=self.config.explain_every,
                                  max_batch=self.config.max_batch)
+            self.engine.warmup()  # the TorchScript executor's first calls are slow (D2)
 
     def hello(self, client_id: str | None) -> dict:
         return protocol.hello(
@@ -274,6 +275,8 @@ class Daemon:
         if self.log is not None:
             self.log.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None and hasattr(self.engine, "close"):
+            self.engine.close()  # the VAD's background thread (D2)
         if self._upload_dir is not None:
             shutil.rmtree(self._upload_dir, ignore_errors=True)
 
@@ -361,6 +364,9 @@ class Daemon:
                 st.received += chunk.samples.size
                 if self.recorder is not None:
                     self.recorder.write(chunk.stream_id, chunk.samples)
+                # VAD scores fed audio in the background, ahead of the window (D2)
+                self.engine.feed(chunk.stream_id, chunk.samples,
+                                 st.received - chunk.samples.size)
                 wins = st.windower.push(chunk.samples, chunk.wall_time, chunk.arrived)
                 if not wins and st.pending == 0:
                     st.processed = st.received
