@@ -74,15 +74,19 @@ def _dashboard_options(p: argparse.ArgumentParser) -> None:
                    help="session logs to offer for review (default sessions/)")
     p.add_argument("--max-upload-mb", type=float, default=20.0,
                    help="largest file a user may upload for replay (MiB, default 20)")
+    p.add_argument("--refresh", type=float, default=0.5,
+                   help="seconds between redraws of the live view (at least 0.5, the default)")
 
 
 def streamlit_command(port: int, host: str = "127.0.0.1", urls: list[str] | None = None,
-                      sessions_dir: str = "sessions", max_upload_mb: float = 20.0) -> list[str]:
+                      sessions_dir: str = "sessions", max_upload_mb: float = 20.0,
+                      refresh: float = 0.5) -> list[str]:
     """The ``streamlit run`` command line of the dashboard (no secrets on it)."""
     app_args: list[str] = []
     for url in urls or [DEFAULT_URL]:
         app_args += ["--url", url]
-    app_args += ["--sessions-dir", sessions_dir, "--max-upload-mb", f"{max_upload_mb:g}"]
+    app_args += ["--sessions-dir", sessions_dir, "--max-upload-mb", f"{max_upload_mb:g}",
+                 "--refresh", f"{refresh:g}"]
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port), "--server.address", host,
@@ -104,7 +108,8 @@ def child_env(token: str | None = None) -> dict[str, str]:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    cmd = streamlit_command(args.port, args.host, args.url, args.sessions_dir, args.max_upload_mb)
+    cmd = streamlit_command(args.port, args.host, args.url, args.sessions_dir, args.max_upload_mb,
+                            args.refresh)
     print(f"dashboard: http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
     with Supervisor() as sup:
         sup.start("dashboard", cmd, env=child_env(args.token))

@@ -72,16 +72,26 @@ class Feed:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Close every connection (normal closure) and end the thread."""
+        """Close every connection (1001, going away) and end the thread."""
         self._stopping.set()
         loop = self._loop
         if loop is not None and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._close_all(), loop).result(timeout)
+            except Exception:  # noqa: BLE001 - cancelling below ends it anyway
+                pass
             loop.call_soon_threadsafe(self._cancel_all)
         if self._thread is not None:
             self._thread.join(timeout)
         for url in self.urls:
             src = self.store.source(url)
             src.state, src.detail = "closed", "stopped"
+
+    async def _close_all(self) -> None:
+        sockets = list(self._sockets.values())
+        if sockets:
+            await asyncio.wait([asyncio.ensure_future(ws.close(1001, "dashboard closed"))
+                                for ws in sockets], timeout=2)
 
     def _cancel_all(self) -> None:
         for task in asyncio.all_tasks():
@@ -114,6 +124,7 @@ class Feed:
                 alive = True
             if not alive:
                 self._stopping.set()
+                await self._close_all()
                 for task in tasks:
                     task.cancel()
 
