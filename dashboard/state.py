@@ -168,6 +168,9 @@ class Store:
             if kind == "explanation":
                 self._stream(source, str(msg["stream"])).explanations.append(dict(msg))
             elif kind == "hello":
+                old = (src.hello or {}).get("session_id")
+                if old is not None and old != msg.get("session_id"):
+                    self._new_session(source, str(msg.get("session_id")))
                 src.hello = dict(msg)
                 for info in msg.get("streams") or []:
                     self._stream_info(source, info)
@@ -195,6 +198,20 @@ class Store:
                 self.events.append((time.time(), "error", f"{_short(source)}{where}: "
                                     f"{msg.get('code', 'error')}: {msg.get('message', '')}"))
             return []
+
+    def _new_session(self, source: str, session_id: str) -> None:
+        """The daemon restarted: its streams start over (history, counts, alert runs)."""
+        for key, data in list(self.streams.items()):
+            if data.source != source:
+                continue
+            self.streams[key] = StreamData(
+                key=key, source=source, stream_id=data.stream_id, info=data.info,
+                predictions=deque(maxlen=self.max_predictions),
+                explanations=deque(maxlen=self.max_explanations),
+            )
+            self.alerts.reset_stream(key)
+        self.events.append((time.time(), "warning",
+                            f"{_short(source)}: daemon restarted (session {session_id})"))
 
     def _stream_info(self, source: str, info: Mapping[str, Any]) -> StreamData:
         data = self._stream(source, str(info["stream"]))

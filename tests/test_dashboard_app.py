@@ -460,3 +460,21 @@ def test_two_daemons_and_split_channels_are_told_apart() -> None:
     assert len(currents) == 3 and any("angry" in c for c in currents)
     subheaders = [s.value for s in at.subheader]
     assert any("caller" in s for s in subheaders) and any("agent" in s for s in subheaders)
+
+
+def test_daemon_restart_starts_the_streams_over() -> None:
+    store = Store()
+    store.apply(URL, hello())
+    for seq in range(8):
+        store.apply(URL, window("s1", seq, "angry", 0.9))
+    assert store.streams["s1"].counts["angry"] == 8
+    restarted = {**hello(), "session_id": "sess-2"}
+    store.apply(URL, restarted)
+    data = store.streams["s1"]
+    assert data.n_windows == 0 and not data.counts and not data.predictions
+    store.apply(URL, window("s1", 0, "sad", 0.9))
+    assert store.streams["s1"].counts == {"sad": 1}
+    assert "daemon restarted" in store.events[-1][2]
+    # The same session again (a plain reconnect) keeps everything.
+    store.apply(URL, restarted)
+    assert store.streams["s1"].n_windows == 1
