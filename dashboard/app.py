@@ -163,14 +163,23 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     alert_banner(view)
 
     keys = list(view.streams)
-    running = [k for k in keys if not view.streams[k].ended] or keys
-    default = [k for k in st.session_state.get("picked", running) if k in keys] or running
+    # Streams that appear while the page is open (a replay, the caller's channel) are added to
+    # the picked ones; streams the user removed stay removed.
+    seen: set[str] = st.session_state.setdefault("seen_streams", set())
+    new = [k for k in keys if k not in seen and not view.streams[k].ended]
+    seen.update(keys)
+    previous = st.session_state.get("stream_picker")
+    if previous is None:
+        running = [k for k in keys if not view.streams[k].ended] or keys
+        st.session_state.stream_picker = running[:MAX_STREAMS_SHOWN]
+    elif new or any(k not in keys for k in previous):
+        kept = [k for k in previous if k in keys]
+        st.session_state.stream_picker = (kept + [k for k in new if k not in kept])[
+            :max(MAX_STREAMS_SHOWN, len(kept))]
     picked = st.multiselect(
-        "Streams", keys, default=default[:MAX_STREAMS_SHOWN],
-        format_func=lambda k: view.streams[k].label, key="stream_picker",
+        "Streams", keys, format_func=lambda k: view.streams[k].label, key="stream_picker",
         help="Agent and caller are separate streams when a call is split by channel.",
     )
-    st.session_state.picked = picked
     if not picked:
         st.caption("Pick a stream to show.")
     for key in picked:

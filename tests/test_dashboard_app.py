@@ -478,3 +478,20 @@ def test_daemon_restart_starts_the_streams_over() -> None:
     # The same session again (a plain reconnect) keeps everything.
     store.apply(URL, restarted)
     assert store.streams["s1"].n_windows == 1
+
+
+@pytest.mark.timeout(60)
+def test_new_streams_join_the_picker_and_removed_ones_stay_removed(offline_feed: Feed) -> None:
+    offline_feed.inject(URL, hello(["s1", "s2"]))
+    offline_feed.inject(URL, window("s1", 0, "happy", 0.9))
+    at = app(offline_feed)
+    at.run()
+    assert at.multiselect(key="stream_picker").value == ["s1", "s2"]
+    at.multiselect(key="stream_picker").unselect("s2").run()
+    info = protocol.stream_info("up1", "upload", "x.flac", time.time())
+    offline_feed.inject(URL, protocol.stream_started(info, ref="r1"))
+    offline_feed.inject(URL, window("up1", 0, "fear", 0.9))
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="stream_picker").value == ["s1", "up1"]
+    assert [m.value for m in at.metric if m.label == "Current emotion"][-1].endswith("fear")
