@@ -88,7 +88,7 @@ def daemon_process(opts: dict) -> Any:
     proc.start()
     try:
         port = ready.get(timeout=180)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()  # SIGTERM: the daemon's clean shutdown
         proc.join(30)
@@ -98,7 +98,16 @@ def daemon_process(opts: dict) -> Any:
 
 # ----------------------------------------------------------------------------- client
 
-async def run_trial(port: int, path: str, n_streams: int, speed: float, loop: bool,
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to tell our cost from the box's load."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float, loop: bool,
                     duration_s: float | None) -> dict:
     """Start ``n_streams`` replays of ``path``; collect until ``duration_s`` (or, when None,
     until every stream has ended). Latencies are those received before the trial ends."""
@@ -116,6 +125,7 @@ async def run_trial(port: int, path: str, n_streams: int, speed: float, loop: bo
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello"
         t_req = time.perf_counter()
+        cpu0 = cpu_seconds(pid)
         for i in range(n_streams):
             await ws.send(protocol.encode(protocol.replay(path=path, speed=speed, loop=loop,
                                                           id=f"r{i}")))
@@ -155,6 +165,7 @@ async def run_trial(port: int, path: str, n_streams: int, speed: float, loop: bo
                 if duration_s is None and len(errors) + len(ended) >= n_streams:
                     break
         wall = time.perf_counter() - t_req
+        cpu = cpu_seconds(pid) - cpu0
         for sid in streams:
             if sid not in ended:
                 await ws.send(protocol.encode(protocol.stop_stream(sid)))
@@ -170,7 +181,13 @@ async def run_trial(port: int, path: str, n_streams: int, speed: float, loop: bo
             "latency_ms": _summary(lat), "voiced_latency_ms": _summary(lat_voiced),
             "dropped_windows": int(sum(dropped.values())), "client_dropped_messages":
             client_dropped, "errors": errors[:5], "audio_s": audio_s,
-            "windows_reported": int(sum(e["windows"] for e in ended.values()))}
+            "windows_reported": int(sum(e["windows"] for e in ended.values())),
+            "daemon_cpu_s": round(cpu, 2), "daemon_cores_busy": round(cpu / wall, 2),
+            "daemon_cpu_ms_per_window": round(1000 * cpu / len(lat), 2) if lat else None,
+            # cores the daemon used per stream: 2 / this bounds the streams two idle cores hold
+            "daemon_cores_per_stream": round(cpu / wall / n_streams, 4) if wall else None,
+            # audio seconds per daemon CPU-second: what one idle core would replay at most
+            "audio_s_per_cpu_s": round(audio_s / cpu, 1) if cpu > 0 else None}
 
 
 def _summary(values: list[float]) -> dict:
@@ -219,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (default: models/default.pt, else tiny)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in the daemon")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads in the daemon (1: on a busy 2-core box two "
+                        "OpenMP threads made each small op up to 40x slower)")
     p.add_argument("--latency-s", type=float, default=30.0, help="real-time latency run")
     p.add_argument("--bulk-files", type=int, default=70, help="files in the speed-0 replay")
     p.add_argument("--trial-s", type=float, default=20.0, help="each concurrency level")
@@ -244,14 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                          "trial_s": args.trial_s},
             "bars": BARS,
         }
-        with daemon_process({**base, "vad": "silero", "explain_every": 1}) as port:
-            lat = asyncio.run(run_trial(port, "rt", 1, 1.0, True, args.latency_s))
+        with daemon_process({**base, "vad": "silero", "explain_every": 1}) as (port, pid):
+            lat = asyncio.run(run_trial(port, pid, "rt", 1, 1.0, True, args.latency_s))
             result["latency"] = {"vad": "silero", "explain_every": 1, **lat}
             print(f"latency: {lat['latency_ms']}", file=sys.stderr)
             levels: list[dict] = []
             n, best, worst = 1, 0, None
             while n <= args.max_streams:
-                r = asyncio.run(run_trial(port, "rt", n, 1.0, True, args.trial_s))
+                r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, args.trial_s))
                 r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
                                and r["latency_ms"]["p95"] < BARS["streams_p95_ms"])
                 levels.append(r)
@@ -265,19 +284,24 @@ def main(argv: list[str] | None = None) -> int:
                 n *= 2
             while worst is not None and worst - best > max(1, best // 4):
                 n = (best + worst) // 2
-                r = asyncio.run(run_trial(port, "rt", n, 1.0, True, args.trial_s))
+                r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, args.trial_s))
                 r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
                                and r["latency_ms"]["p95"] < BARS["streams_p95_ms"])
                 levels.append(r)
                 print(f"streams {n}: p95 {r['latency_ms']['p95']} ms -> "
                       f"{'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
                 best, worst = (n, worst) if r["ok"] else (best, n)
-            result["concurrency"] = {"vad": "silero", "explain_every": 1, "max_streams_ok": best,
-                                     "levels": levels}
+            per_stream = min(lv["daemon_cores_per_stream"] or 9e9 for lv in levels)
+            result["concurrency"] = {
+                "vad": "silero", "explain_every": 1, "max_streams_ok": best,
+                # an upper bound, not a measurement: what the CPU the daemon used would allow
+                # on two otherwise idle cores (the shared box gives it a fraction of one)
+                "cpu_bound_estimate_streams_on_2_idle_cores": int(2 / per_stream),
+                "levels": levels}
         result["throughput"] = {}
         for vad in ("silero", "energy"):
-            with daemon_process({**base, "vad": vad, "explain_every": 0}) as port:
-                r = asyncio.run(run_trial(port, "bulk", 1, 0.0, False, None))
+            with daemon_process({**base, "vad": vad, "explain_every": 0}) as (port, pid):
+                r = asyncio.run(run_trial(port, pid, "bulk", 1, 0.0, False, None))
                 r["x_realtime"] = round(r["audio_s"] / r["wall_s"], 1) if r["wall_s"] else None
                 result["throughput"][vad] = r
                 print(f"throughput ({vad} VAD): {r['x_realtime']}x", file=sys.stderr)
@@ -292,9 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     tx = result["throughput"]["silero"]["x_realtime"]
     te = result["throughput"]["energy"]["x_realtime"]
     ns = result["concurrency"]["max_streams_ok"]
-    print(f"streaming ({model_name}, load {result['machine']['loadavg_at_start'][0]}): "
-          f"latency p95 {lp} ms (bar <= 50) | fast replay {tx}x silero VAD, {te}x energy VAD "
-          f"(bar >= 100) | {ns} real-time streams with Grad-CAM (bar >= 32)")
+    est = result["concurrency"]["cpu_bound_estimate_streams_on_2_idle_cores"]
+    cx = result["throughput"]["energy"]["audio_s_per_cpu_s"]
+    print(f"streaming ({model_name}, load {result['machine']['loadavg_at_start'][0]} on "
+          f"{os.cpu_count()} cores): latency p95 {lp} ms (bar <= 50) | fast replay {tx}x "
+          f"silero VAD, {te}x energy VAD (bar >= 100; {cx} audio-s per CPU-s) | {ns} real-time "
+          f"streams with Grad-CAM (bar >= 32; CPU-bound estimate {est} on 2 idle cores)")
     return 0
 
 
