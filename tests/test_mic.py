@@ -74,8 +74,13 @@ def virtual_mic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 def test_devices_listed(virtual_mic: dict[str, str]) -> None:
-    names = [d["name"] for d in list_devices()]
+    devices = list_devices()
+    names = [d["name"] for d in devices]
     assert "pulse" in names or "default" in names
+    first = devices[0]  # chosen by index (as the CLI passes it: a string of digits)
+    mic = MicSource(SR, device=str(first["index"])).open()
+    assert mic.device == first["index"] and mic.device_name == first["name"]
+    assert mic.native_rate == int(first["default_samplerate"])
     with pytest.raises(SourceError, match="no such input device"):
         MicSource(SR, device="no-such-microphone-xyz").open()
 
