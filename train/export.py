@@ -1,0 +1,444 @@
+"""Turn a trained run (or a module) into a served model file: TorchScript + model card.
+
+The contract (../shared/docs/architecture.md): ``forward(wave[B, N]) -> probabilities[B, C]``,
+``explain(wave) -> (logits, activations, spectrogram)``, and ``_extra_files["model_card.json"]``.
+Every exported model takes the raw waveform: the feature front-end that trained it
+(``train.features``) is scripted in, so training and serving cannot drift apart.
+
+Two kinds of run directory are understood:
+- ``kind: streaming`` (``train.streaming_train``): the CNN-LSTM, weights in ``final.pt``.
+- ``kind: paper`` (``train.experiments``): the papers' models, ``nn.Sequential(InputNorm, net)``
+  weights in ``model.pt``, wrapped here with their front-end (``train.experiments.front_end``)
+  and the same reshape step training used (``reshape_features``, a scriptable twin of
+  ``train.experiments._shape_output``; a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from torch import nn
+
+from train.corpus import EMOTIONS
+from train.experiments import DELTA_FRAMES
+from train.paper_models import IMAGE_SIZE
+
+CARD_NAME = "model_card.json"
+REQUIRED_CARD_KEYS = (
+    "name", "version", "classes", "sample_rate", "window_s", "features", "architecture",
+    "explain_method", "parameters", "training", "metrics", "torch_version", "torchaudio_version",
+)
+EXPLAIN_METHODS = ("gradcam", "vit-tokens", "saliency")
+
+
+class ExportError(ValueError):
+    """A run directory or module that cannot be exported, with the reason."""
+
+
+def _script(module: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def load_model(path: str | Path) -> torch.jit.ScriptModule:
+    """torch.jit.load without the DeprecationWarning noise (CPU)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def read_card(path: str | Path) -> dict:
+    """The model card of a model file (read from the zip, no TorchScript load) or a .json."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such file")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: not a TorchScript model file (not a zip archive)")
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith(f"/extra/{CARD_NAME}")]
+        if not names:
+            raise ExportError(f"{path}: the file has no {CARD_NAME} (not exported by this tool?)")
+        return json.loads(zf.read(names[0]).decode())
+
+
+def validate_card(card: dict) -> dict:
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise ExportError(f"model card lacks {missing}")
+    if card["explain_method"] not in EXPLAIN_METHODS:
+        raise ExportError(f"explain_method must be one of {EXPLAIN_METHODS}")
+    return card
+
+
+def save_model(module: nn.Module, path: str | Path, card: dict,
+               check_input: torch.Tensor | None = None) -> Path:
+    """Script ``module`` (eval mode, CPU), check scripted == eager, save with the card.
+
+    Also writes ``<name>.card.json`` next to the file (the same card, for people and the
+    dashboard). Returns the model path.
+    """
+    module = module.cpu().eval()
+    card = dict(card)
+    card.setdefault("parameters", sum(p.numel() for p in module.parameters()))
+    card.setdefault("torch_version", torch.__version__)
+    card.setdefault("torchaudio_version", torchaudio.__version__)
+    card.setdefault("exported_at", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    validate_card(card)
+    scripted = _script(module)
+    n = int(round(card["sample_rate"] * card["window_s"]))
+    x = check_input if check_input is not None else 0.05 * torch.randn(
+        2, n, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager, script = module(x), scripted(x)
+    if not torch.allclose(eager, script, atol=1e-5):
+        raise ExportError(f"scripted and eager outputs differ by {(eager - script).abs().max()}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = json.dumps(card, indent=1)
+    scripted.save(str(path), _extra_files={CARD_NAME: blob})
+    path.with_suffix(".card.json").write_text(blob + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- streaming runs
+
+def _streaming_metrics(metrics: dict) -> dict:
+    out: dict[str, Any] = {}
+    for name, m in metrics.items():
+        entry = {"protocol": name, "folds": m["n_folds"],
+                 "accuracy_mean": m["accuracy"]["mean"], "accuracy_std": m["accuracy"]["std"],
+                 "uar_mean": m["uar"]["mean"]}
+        out[name] = entry
+        if "stream_accuracy" in m:
+            out.setdefault("stream", {})[f"after {name} training"] = {
+                "protocol": m["stream_protocol"] + f" (held-out folds of {name})",
+                "window_accuracy_mean": m["stream_accuracy"]["mean"],
+                "window_accuracy_std": m["stream_accuracy"]["std"],
+            }
+    return out
+
+
+def streaming_from_run(run_dir: Path) -> tuple[nn.Module, dict]:
+    from train.streaming_model import ARCHITECTURE, StreamingCNNLSTM, count_parameters
+    from train.streaming_train import read_config
+
+    model_config, train_config, raw = read_config(run_dir)
+    weights = run_dir / "final.pt"
+    if not weights.exists():
+        raise ExportError(f"{run_dir}: no final.pt (train with --final to get the served model)")
+    model = StreamingCNNLSTM(model_config)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    card = {
+        "name": run_dir.name,
+        "version": "1.0.0",
+        "classes": list(EMOTIONS),
+        "sample_rate": model_config.sample_rate,
+        "window_s": model_config.window_s,
+        "features": {"front_end": "LogMel (train.features), dB, top_db 80, per-window "
+                                  "normalisation inside the model",
+                     "n_fft": model_config.n_fft, "hop_length": model_config.hop_length,
+                     "n_mels": model_config.n_mels, "f_min": model_config.f_min,
+                     "f_max": model_config.f_max, "mel_scale": "slaney"},
+        "architecture": f"StreamingCNNLSTM: {ARCHITECTURE}",
+        "explain_method": "gradcam",
+        "explain_layer": "last conv block (after ReLU), [B, "
+                         f"{model_config.channels[-1]}, n_mels/8, frames/8]",
+        "parameters": count_parameters(model),
+        "training": {"corpus": raw.get("corpus"),
+                     "protocol": "all utterances (final model); configuration chosen by the "
+                                 "cross-validation figures in metrics",
+                     "epochs": train_config.epochs, "batch_size": train_config.batch_size,
+                     "lr": train_config.lr, "seed": train_config.seed,
+                     "augmentation": train_config.augment.to_dict()},
+        "metrics": _streaming_metrics(metrics),
+    }
+    return model, card
+
+
+# ---------------------------------------------------------------- paper runs
+
+def reshape_features(feature: str, x: torch.Tensor, image_size: int = IMAGE_SIZE,
+                     delta_frames: int = DELTA_FRAMES) -> torch.Tensor:
+    """The reshape paper models were trained with, as TorchScript-able torch code.
+
+    image: bilinear resize of the log-mel to IMAGE_SIZE x IMAGE_SIZE; delta: time averaged
+    into DELTA_FRAMES equal segments. ``train.experiments._shape_output`` does the same on
+    numpy arrays for training (not scriptable); ``tests/test_export.py`` checks they agree.
+    """
+    if feature == "image":
+        return torch.nn.functional.interpolate(
+            x, size=[image_size, image_size], mode="bilinear", align_corners=False)
+    if feature == "delta":
+        b, c, f, t = x.shape
+        pooled = torch.nn.functional.adaptive_avg_pool1d(x.reshape(b, c * f, t), delta_frames)
+        return pooled.reshape(b, c, f, delta_frames)
+    return x
+
+
+class VectorServing(nn.Module):
+    """A paper model on the 187-value utterance vector, taking the raw window.
+
+    No time x frequency map exists, so ``explain`` returns the vector itself as the
+    "spectrogram" ``[B, 1, 187, 1]`` (rows: MFCC 40, chroma 12, mel 128, contrast 7) on the
+    path to the logits: saliency is the gradient of the class score w.r.t. each value.
+    """
+
+    def __init__(self, front: nn.Module, net: nn.Module, n_samples: int) -> None:
+        super().__init__()
+        self.front = front
+        self.net = net
+        self.n_samples = n_samples
+
+    def check_input(self, wave: torch.Tensor) -> None:
+        if wave.dim() != 2 or wave.size(1) != self.n_samples:
+            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
+
+    @torch.jit.export
+    def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_input(wave)
+        vec = self.front(wave)
+        spec = vec.reshape(vec.size(0), 1, vec.size(1), 1)
+        logits = self.net(spec.reshape(vec.size(0), vec.size(1)))
+        return logits, spec, spec
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _, _ = self.explain(wave)
+        return torch.softmax(logits, dim=-1)
+
+
+class SpectrogramServing(nn.Module):
+    """A paper model on a (delta) log-mel, taking the raw window; saliency on its spectrogram.
+
+    ``explain`` returns the front-end's output ``[B, C, F, T]`` (for paper 2: static, delta,
+    delta-delta; channel 0 is the log-mel) before the resize step the model was trained with.
+    """
+
+    def __init__(self, front: nn.Module, net: nn.Module, n_samples: int, feature: str) -> None:
+        super().__init__()
+        self.front = front
+        self.net = net
+        self.n_samples = n_samples
+        self.feature = feature
+
+    def check_input(self, wave: torch.Tensor) -> None:
+        if wave.dim() != 2 or wave.size(1) != self.n_samples:
+            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
+
+    @torch.jit.export
+    def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_input(wave)
+        spec = self.front(wave)
+        logits = self.net(reshape_features(self.feature, spec))
+        return logits, spec, spec
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _, _ = self.explain(wave)
+        return torch.softmax(logits, dim=-1)
+
+
+def _to_grid(tokens: torch.Tensor, prefix: int, gh: int, gw: int) -> torch.Tensor:
+    """Patch tokens [B, prefix + gh*gw, D] -> grid [B, D, gh, gw] (rows: mel, columns: time)."""
+    patches = tokens[:, prefix:]
+    return patches.transpose(1, 2).reshape(patches.size(0), patches.size(2), gh, gw)
+
+
+def _from_grid(tokens: torch.Tensor, grid: torch.Tensor, prefix: int) -> torch.Tensor:
+    return torch.cat([tokens[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+
+
+class ViTTokenServing(nn.Module):
+    """timm ViT on the 128 x 128 log-mel image, taking the raw window.
+
+    ``explain`` returns, as activations, the tokens entering the *last* transformer block
+    reshaped to the patch grid ``[B, D, F', T']`` and fed back from that grid, so
+    ``autograd.grad(logit, activations)`` is defined (the last block's own output tokens do
+    not reach a class-token head). Hand-written on purpose: it is timm's ``forward_features``
+    split before the last block; ``tests/test_export.py`` checks it equals the plain forward.
+    """
+
+    def __init__(self, front: nn.Module, net: nn.Sequential, n_samples: int) -> None:
+        super().__init__()
+        self.front = front
+        self.norm_in = net[0]
+        self.vit = net[1]
+        self.n_samples = n_samples
+        self.prefix = int(self.vit.num_prefix_tokens)
+        self.gh, self.gw = (int(g) for g in self.vit.patch_embed.grid_size)
+        self.last = len(self.vit.blocks) - 1
+
+    def check_input(self, wave: torch.Tensor) -> None:
+        if wave.dim() != 2 or wave.size(1) != self.n_samples:
+            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
+
+    @torch.jit.export
+    def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_input(wave)
+        spec = self.front(wave)
+        x = self.norm_in(reshape_features("image", spec))
+        x = self.vit.patch_embed(x)
+        x = self.vit._pos_embed(x)
+        x = self.vit.patch_drop(x)
+        x = self.vit.norm_pre(x)
+        grid = x
+        i = 0
+        for blk in self.vit.blocks:
+            if i == self.last:
+                grid = _to_grid(x, self.prefix, self.gh, self.gw)
+                x = _from_grid(x, grid, self.prefix)
+            x = blk(x)
+            i += 1
+        logits = self.vit.forward_head(self.vit.norm(x))
+        return logits, grid, spec
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _, _ = self.explain(wave)
+        return torch.softmax(logits, dim=-1)
+
+
+class BeitTokenServing(ViTTokenServing):
+    """The same for timm's BEiT (its blocks take the shared relative position bias)."""
+
+    @torch.jit.export
+    def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_input(wave)
+        spec = self.front(wave)
+        x = self.norm_in(reshape_features("image", spec))
+        beit = self.vit
+        x = beit.patch_embed(x)
+        x = torch.cat((beit.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if beit.pos_embed is not None:
+            x = x + beit.pos_embed
+        x = beit.pos_drop(x)
+        rel_pos_bias = beit.rel_pos_bias() if beit.rel_pos_bias is not None else None
+        grid = x
+        i = 0
+        for blk in beit.blocks:
+            if i == self.last:
+                grid = _to_grid(x, self.prefix, self.gh, self.gw)
+                x = _from_grid(x, grid, self.prefix)
+            x = blk(x, shared_rel_pos_bias=rel_pos_bias)
+            i += 1
+        logits = beit.forward_head(beit.norm(x))
+        return logits, grid, spec
+
+
+def _settings(front: nn.Module) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    cfg = getattr(front, "config", None)
+    return asdict(cfg) if cfg is not None and is_dataclass(cfg) else {}
+
+
+def paper_from_run(run_dir: Path, cfg: dict) -> tuple[nn.Module, dict]:
+    from train.experiments import WINDOW_S, front_end
+    from train.paper_models import build_model
+
+    name = cfg.get("model")
+    if not cfg.get("model_file"):
+        raise ExportError(f"{run_dir}: model {name!r} has no torch weights to export")
+    if cfg.get("run", {}).get("norm") == "speaker":
+        raise ExportError(f"{run_dir}: trained with per-speaker normalisation, which needs the "
+                          "speaker's statistics at serving time; retrain with --norm fold")
+    weights = run_dir / cfg["model_file"]
+    if not weights.exists():
+        raise ExportError(f"{run_dir}: {cfg['model_file']} is missing")
+    feature = cfg["feature"]
+    classes = list(cfg.get("classes") or EMOTIONS)
+    net = build_model(name, len(classes), **cfg.get("model_config", {}))
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    front, window, reshape_note = front_end(feature)
+    fcfg = _settings(front)
+    saved = (cfg.get("feature_config") or {}).get("config")
+    if saved and any(saved.get(k) != v for k, v in fcfg.items() if k in saved):
+        raise ExportError(f"{run_dir}: the run's feature settings {saved} differ from today's "
+                          f"{feature!r} front-end {fcfg}; export with the code that trained it")
+    sample_rate = int(fcfg.get("sample_rate", 16_000))
+    n_samples = int(window or round(WINDOW_S * sample_rate))
+    if feature == "vector":
+        module: nn.Module = VectorServing(front, net, n_samples)
+        method = "saliency"
+    elif feature == "delta":
+        module = SpectrogramServing(front, net, n_samples, feature)
+        method = "saliency"
+    elif feature == "image":
+        from timm.models.beit import Beit
+
+        wrapper = BeitTokenServing if isinstance(net[1], Beit) else ViTTokenServing
+        module = wrapper(front, net, n_samples)
+        method = "vit-tokens"
+    else:
+        raise ExportError(f"{run_dir}: unknown feature kind {feature!r}")
+    results_path = run_dir / "results.json"
+    summary = json.loads(results_path.read_text()).get("summary", {}) if results_path.exists() \
+        else {}
+    protocol = cfg.get("run", {}).get("protocol")
+    metrics = {}
+    if summary:
+        metrics[protocol] = {"protocol": protocol, "folds": summary.get("folds"),
+                             "accuracy_mean": summary.get("accuracy_mean"),
+                             "accuracy_std": summary.get("accuracy_std"),
+                             "f1_weighted_mean": summary.get("f1_weighted_mean")}
+    card = {
+        "name": f"{name}-{protocol}",
+        "version": "1.0.0",
+        "classes": classes,
+        "sample_rate": sample_rate,
+        "window_s": WINDOW_S,
+        "features": {"front_end": type(front).__name__, "feature": feature,
+                     "n_fft": fcfg.get("n_fft"), "hop_length": fcfg.get("hop_length"),
+                     "n_mels": fcfg.get("n_mels"), "f_min": fcfg.get("f_min"),
+                     "f_max": fcfg.get("f_max"), "mel_scale": "slaney",
+                     "reshape": reshape_note,
+                     "note": None if window else "the model was trained on vectors averaged over "
+                             "each whole clip; served, it averages over the 3-s window"},
+        "architecture": f"{name} ({cfg.get('paper', {}).get('source')}): "
+                        f"{type(net[1]).__name__} {cfg.get('model_config', {})}",
+        "explain_method": method,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "training": {"corpus": cfg.get("run", {}).get("data"), "protocol": protocol,
+                     "epochs": cfg.get("run", {}).get("epochs"),
+                     "trained_on": cfg.get("model_trained_on"), "augmentation": None},
+        "metrics": metrics,
+    }
+    return module, card
+
+
+# ---------------------------------------------------------------- entry point
+
+def export(source: str | Path | nn.Module, path: str | Path, card: dict | None = None,
+           overrides: dict | None = None) -> Path:
+    """Export a run directory (streaming or paper) or a module (with ``card``) to ``path``."""
+    if isinstance(source, nn.Module):
+        if card is None:
+            raise ExportError("exporting a module needs its model card")
+        module = source
+    else:
+        run_dir = Path(source)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.exists():
+            raise ExportError(f"{run_dir}: no config.json (not a run directory)")
+        cfg = json.loads(cfg_path.read_text())
+        kind = cfg.get("kind")
+        if kind == "streaming":
+            module, card = streaming_from_run(run_dir)
+        elif kind == "paper":
+            module, card = paper_from_run(run_dir, cfg)
+        else:
+            raise ExportError(f"{run_dir}: unknown run kind {kind!r}")
+    card = {**card, **(overrides or {})}
+    return save_model(module, path, card)
+
+
+__all__ = ["ExportError", "export", "load_model", "read_card", "save_model", "validate_card"]
