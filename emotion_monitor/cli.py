@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
     "train.experiments_cli",
+    "train.export_cli",
     "streamer.cli",
     "streamer.explain_cli",
     "dashboard.cli",
