@@ -115,7 +115,24 @@ class LogMel(torch.nn.Module):
         self.top_db = config.top_db
 
     def forward(self, wave: Tensor) -> Tensor:
-        return power_to_db(self.mel(wave), self.amin, self.top_db).unsqueeze(1)
+        # self.mel's own forward takes |X| ** 2 via a complex abs; re^2 + im^2 is the same
+        # value and 4x cheaper on CPU, so its two stages are called here separately.
+        stft = self.mel.spectrogram
+        spec = torchaudio.functional.spectrogram(
+            wave,
+            pad=0,
+            window=stft.window,
+            n_fft=stft.n_fft,
+            hop_length=stft.hop_length,
+            win_length=stft.win_length,
+            power=None,
+            normalized=False,
+            center=True,
+            pad_mode="constant",
+            onesided=True,
+        )
+        power = spec.real.square() + spec.imag.square()
+        return power_to_db(self.mel.mel_scale(power), self.amin, self.top_db).unsqueeze(1)
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -246,14 +263,15 @@ class UtteranceVector(torch.nn.Module):
         self.band_starts, self.band_stops, self.band_k = _contrast_bands(config)
 
     def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
-        magnitude = self.spectrogram(wave).abs()  # [B, F, T]
+        spec = self.spectrogram(wave)  # complex [B, F, T]
+        power = spec.real.square() + spec.imag.square()  # 4x cheaper than a complex abs
+        magnitude = power.sqrt()
         batch, frames = magnitude.shape[0], magnitude.shape[-1]
         if lengths is None:
             mask = torch.ones(batch, frames, dtype=torch.bool, device=wave.device)
         else:
             n_frames = torch.div(lengths.to(wave.device), self.hop_length, rounding_mode="floor")
             mask = torch.arange(frames, device=wave.device).unsqueeze(0) <= n_frames.unsqueeze(1)
-        power = magnitude.square()
 
         mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)  # [B, M, T]
         mel_db = power_to_db(mel, self.amin, self.top_db, mask)
@@ -276,15 +294,20 @@ class UtteranceVector(torch.nn.Module):
         )
 
     def _contrast(self, magnitude: Tensor, mask: Tensor) -> Tensor:
-        """librosa's spectral contrast on a magnitude STFT -> ``[B, bands + 1, T]``."""
+        """librosa's spectral contrast on a magnitude STFT -> ``[B, bands + 1, T]``.
+
+        librosa sorts each band and averages its ``k`` lowest (valley) and highest (peak)
+        bins; ``topk`` on frequency-contiguous rows picks the same sets, about twice as fast
+        as sorting along the strided frequency axis.
+        """
+        frames_last = magnitude.transpose(1, 2).contiguous()  # [B, T, F]
         peaks: list[Tensor] = []
         valleys: list[Tensor] = []
         for i in range(len(self.band_k)):
             k = self.band_k[i]
-            ordered = torch.sort(magnitude[:, self.band_starts[i] : self.band_stops[i], :], dim=1)
-            ordered = ordered.values
-            valleys.append(ordered[:, :k, :].mean(dim=1))
-            peaks.append(ordered[:, ordered.shape[1] - k :, :].mean(dim=1))
+            band = frames_last[:, :, self.band_starts[i] : self.band_stops[i]]
+            valleys.append(torch.topk(band, k, dim=-1, largest=False).values.mean(dim=-1))
+            peaks.append(torch.topk(band, k, dim=-1, largest=True).values.mean(dim=-1))
         peak = power_to_db(torch.stack(peaks, dim=1), self.amin, self.top_db, mask)
         valley = power_to_db(torch.stack(valleys, dim=1), self.amin, self.top_db, mask)
         return peak - valley
@@ -330,26 +353,40 @@ class DeltaLogMel(torch.nn.Module):
         base = {f.name: getattr(config, f.name) for f in fields(LogMelConfig)}
         self.logmel = LogMel(LogMelConfig(**base))
         self.width = config.delta_width
+        half = config.delta_width // 2
         eye = np.eye(config.delta_width)
-        for order in (1, 2):
-            matrix = librosa.feature.delta(eye, width=config.delta_width, order=order, axis=0)
-            self.register_buffer(f"delta{order}", torch.as_tensor(matrix, dtype=torch.float32))
+        # filter[i, j]: weight of input frame j in output frame i, for a width-long clip
+        d1, d2 = (
+            torch.as_tensor(
+                librosa.feature.delta(eye, width=config.delta_width, order=order, axis=0),
+                dtype=torch.float32,
+            )
+            for order in (1, 2)
+        )
+        # interior: one 2-channel convolution; edges: small matrices on the first/last frames
+        self.register_buffer("kernel", torch.stack([d1[half], d2[half]]).t().contiguous())
+        self.register_buffer("left", torch.cat([d1[:half], d2[:half]]).t().contiguous())
+        self.register_buffer("right", torch.cat([d1[half + 1 :], d2[half + 1 :]]).t().contiguous())
 
-    def _savgol(self, x: Tensor, matrix: Tensor) -> Tensor:
-        """Savitzky-Golay filter ``matrix[w, w]`` along the last axis of ``x``."""
+    def _deltas(self, x: Tensor) -> Tensor:
+        """Delta and delta-delta of ``x[R, T]`` along time -> ``[R, 2, T]``."""
         width = self.width
         half = width // 2
         frames = x.shape[-1]
         if frames < width:
-            x = torch.cat([x, x[..., -1:].repeat_interleave(width - frames, dim=-1)], dim=-1)
+            x = torch.cat([x, x[:, -1:].repeat_interleave(width - frames, dim=-1)], dim=-1)
         n = x.shape[-1]
-        left = torch.matmul(x[..., :width], matrix[:half].t())
-        middle = torch.matmul(x.unfold(-1, width, 1), matrix[half])
-        right = torch.matmul(x[..., n - width :], matrix[half + 1 :].t())
+        rows = x.shape[0]
+        # sliding windows as one matrix product (much faster on CPU than a 1-channel conv1d)
+        windows = x.unfold(-1, width, 1).reshape(-1, width)  # [R * (n - width + 1), width]
+        middle = torch.matmul(windows, self.kernel).reshape(rows, n - width + 1, 2).transpose(1, 2)
+        left = torch.matmul(x[:, :width], self.left).reshape(rows, 2, half)
+        right = torch.matmul(x[:, n - width :], self.right).reshape(rows, 2, half)
         return torch.cat([left, middle, right], dim=-1)[..., :frames]
 
     def forward(self, wave: Tensor) -> Tensor:
         static = self.logmel(wave)  # [B, 1, M, T]
-        return torch.cat(
-            [static, self._savgol(static, self.delta1), self._savgol(static, self.delta2)], dim=1
-        )
+        batch, mels, frames = static.shape[0], static.shape[2], static.shape[3]
+        deltas = self._deltas(static.reshape(batch * mels, frames))
+        deltas = deltas.reshape(batch, mels, 2, frames).transpose(1, 2)
+        return torch.cat([static, deltas], dim=1)
