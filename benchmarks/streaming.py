@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"streams {n}: p95 {r['latency_ms']['p95']} ms -> "
                       f"{'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
                 best, worst = (n, worst) if r["ok"] else (best, n)
-            per_stream = min(lv["daemon_cores_per_stream"] or 9e9 for lv in levels)
+            # from levels that kept up (an overloaded level does less work per stream)
+            per_stream = min([lv["daemon_cores_per_stream"] for lv in levels
+                              if lv["ok"] and lv["daemon_cores_per_stream"]] or [9e9])
             result["concurrency"] = {
                 "vad": "silero", "explain_every": 1, "max_streams_ok": best,
                 # an upper bound, not a measurement: what the CPU the daemon used would allow
