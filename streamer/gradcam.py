@@ -56,6 +56,8 @@ DEFAULT_THRESHOLD = 0.5
 FRAME_F, FRAME_T = 64, 100
 #: The noise floor is the RMS spectrum of this fraction of the window's quietest frames.
 NOISE_FLOOR_QUANTILE = 0.1
+#: Run the CPU backward with oneDNN off (native LSTM); see class_activation_maps.
+CPU_ONEDNN_OFF = False
 
 
 # ----------------------------------------------------------------------------- mel axes
@@ -339,9 +341,18 @@ def class_activation_maps(
     """
     if method not in METHODS:
         raise ValueError(f"unknown explain method {method!r}; use one of {METHODS}")
-    cudnn_off = (torch.backends.cudnn.flags(enabled=False) if waves.is_cuda
-                 else contextlib.nullcontext())  # cuDNN's LSTM has no eval-mode backward
-    with torch.enable_grad(), cudnn_off:
+    # CUDA: cuDNN's LSTM has no backward in eval mode, so cuDNN is off for this call.
+    # CPU: oneDNN's LSTM backward (mkldnn_rnn_layer_backward) is the largest single cost of
+    # Grad-CAM on the served CNN-LSTM; CPU_ONEDNN_OFF swaps in the native LSTM (same gradients
+    # to 1e-10). benchmarks/gradcam.py times both; on the loaded shared machine here the
+    # profiles disagreed run to run, so torch's default (oneDNN on) stays.
+    if waves.is_cuda:
+        backend = torch.backends.cudnn.flags(enabled=False)
+    elif CPU_ONEDNN_OFF:
+        backend = torch.backends.mkldnn.flags(enabled=False)
+    else:
+        backend = contextlib.nullcontext()
+    with torch.enable_grad(), backend:
         logits, acts, spec, grad, tgt = _explain_and_grad(module, waves, targets, method,
                                                           classes)
         if grad is None and isinstance(module, torch.jit.ScriptModule):
@@ -378,8 +389,10 @@ def explain_windows(
 
     ``targets``: None (each window's predicted class), a class index or name for all, or one
     per window. ``explain_method`` defaults to the card's ``explain_method`` (else gradcam).
-    ``metrics=True`` adds the paper's metrics including both confidence drops (one more batched
-    forward of 2B masked windows); ``False`` leaves ``metrics`` None (cheapest live path).
+    The CAM statistics (confidence, activations, area, entropy, focus region) are always
+    computed (numpy on one map, well under a millisecond); ``metrics=True`` adds both confidence
+    drops (one more batched forward of 2B masked windows), ``False`` leaves them None (the
+    cheapest live path).
     """
     module, card = _unpack(model, card)
     feats = dict(card.get("features") or {})
@@ -400,9 +413,9 @@ def explain_windows(
                     classes=classes, raw_max=float(raw_np[i]), mel_scale=grid.mel_scale)
         for i in range(len(tgt_np))
     ]
+    for e in out:
+        e.metrics = cam_metrics(e.cam, grid, float(e.probabilities[e.target]), threshold)
     if metrics:
-        for e in out:
-            e.metrics = cam_metrics(e.cam, grid, float(e.probabilities[e.target]), threshold)
         add_confidence_drops(module, x, out, grid, seed=seed)
     return out
 
@@ -562,7 +575,7 @@ def explanation_payload(expl: Explanation, stream_id: str, seq: int, card: dict 
     from streamer import protocol
 
     if expl.metrics is None:
-        raise ValueError("the live frame needs metrics (explain_windows(..., metrics=True))")
+        raise ValueError("the live frame needs the explanation's metrics (explain_windows)")
     spec, cam, times, freqs = downsample(expl)
     return protocol.explanation(
         stream_id, seq, expl.target_name, expl.method, expl.metrics.wire(),
