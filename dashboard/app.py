@@ -220,7 +220,16 @@ def alert_banner(view: View) -> None:
 def stream_card(s: StreamView, classes: list[str], last_s: float) -> None:
     with st.container(border=True):
         state = f" · ended ({s.ended})" if s.ended else ""
-        st.subheader(f"{s.label}{state}")
+        title, action = st.columns([6, 1], vertical_alignment="center")
+        title.subheader(f"{s.label}{state}")
+        feed: Feed = st.session_state.feed
+        if not s.ended and s.source in feed.connected() and action.button(
+                "■ Stop", key=f"stop-{s.key}", help="Ask the daemon to end this stream."):
+            try:
+                feed.send(s.source, protocol.stop_stream(s.stream_id, id=f"stop-{s.stream_id}"))
+                st.toast(f"Asked the daemon to stop {s.stream_id}")
+            except (ValueError, ConnectionError) as exc:
+                st.error(str(exc))
         health_row(s)
         left, right = st.columns([3, 2])
         left.plotly_chart(figures.timeline_figure(s.predictions, classes, last_s=last_s),

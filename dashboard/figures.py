@@ -122,16 +122,6 @@ def distribution_figure(counts: Mapping[str, int] | Counter, classes: Sequence[s
                    yaxis={"autorange": "reversed"}, showlegend=False)
 
 
-def probabilities_figure(probs: Mapping[str, float], classes: Sequence[str]) -> Figure:
-    """The latest window's probabilities as bars."""
-    vals = [float(probs.get(c, 0.0)) for c in classes]
-    bar = {"type": "bar", "x": list(classes), "y": vals,
-           "marker": {"color": [color(c) for c in classes]},
-           "text": [f"{v:.0%}" for v in vals], "textposition": "auto"}
-    return _figure([bar], "Latest window", 220, yaxis={"range": [0, 1], "tickformat": ".0%"},
-                   showlegend=False)
-
-
 def explanation_figure(msg: Mapping[str, Any]) -> Figure:
     """Log-mel spectrogram with the Grad-CAM overlay and the focus box of one explanation.
 

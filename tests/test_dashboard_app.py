@@ -327,6 +327,10 @@ def test_real_websocket_feed_reconnects_and_sends_replay(tmp_path: Path) -> None
             sent = [m for m in daemon.received if m["type"] == "replay"]
             assert len(sent) == 1 and sent[0]["upload"]["name"] == "clip.flac"
             protocol.validate(sent[0], "client")
+            # Stop a stream from its card.
+            at.button(key="stop-s1").click().run()
+            assert wait_for(lambda: any(m["type"] == "stop_stream" and m["stream"] == "s1"
+                                        for m in daemon.received))
         # The daemon went away: the feed says so and retries.
         assert wait_for(lambda: feed.store.source(url).state in ("retrying", "connecting"))
         with FakeDaemon(port) as daemon:
