@@ -134,6 +134,8 @@ def _demo(args: argparse.Namespace) -> int:
         print("starting the capture daemon (loading the model)…", flush=True)
         daemon = sup.start("daemon", daemon_cmd, env=child_env(), watch=_SERVING)
         url = sup.wait_for_line(daemon, timeout=120)
+        if sup.stopping:
+            return 0
         if url is None:
             print("error: the daemon did not start (see its messages above)", file=sys.stderr)
             return 1
@@ -142,6 +144,8 @@ def _demo(args: argparse.Namespace) -> int:
         sup.start("dashboard", dash_cmd, env=child_env())
         page = f"http://127.0.0.1:{args.port}"
         if not sup.wait_http(f"{page}/_stcore/health", timeout=60):
+            if sup.stopping:
+                return 0
             print("error: the dashboard did not start (see its messages above)",
                   file=sys.stderr)
             return 1
@@ -179,6 +183,11 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """A Ctrl-C or SIGTERM arrived."""
+        return self._stop.is_set()
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
               watch: re.Pattern[str] | None = None) -> subprocess.Popen:
