@@ -198,6 +198,39 @@ def _summary(values: list[float]) -> dict:
             "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
 
 
+def _level(port: int, pid: int, n: int, trial_s: float) -> dict:
+    r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, trial_s))
+    r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
+                   and r["latency_ms"]["p95"] < BARS["streams_p95_ms"])
+    print(f"streams {n}: p95 {r['latency_ms']['p95']} ms, dropped {r['dropped_windows']} -> "
+          f"{'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
+    return r
+
+
+def concurrency(port: int, pid: int, trial_s: float, max_streams: int) -> dict:
+    """N = 1, 2, 4, ... until a level fails, then bisect (to within a quarter)."""
+    levels: list[dict] = []
+    n, best, worst = 1, 0, None
+    while n <= max_streams:
+        levels.append(_level(port, pid, n, trial_s))
+        if not levels[-1]["ok"]:
+            worst = n
+            break
+        best, n = n, n * 2
+    while worst is not None and worst - best > max(1, best // 4):
+        n = (best + worst) // 2
+        levels.append(_level(port, pid, n, trial_s))
+        best, worst = (n, worst) if levels[-1]["ok"] else (best, n)
+    # from levels that kept up (an overloaded level does less work per stream)
+    per_stream = min([lv["daemon_cores_per_stream"] for lv in levels
+                      if lv["ok"] and lv["daemon_cores_per_stream"]] or [9e9])
+    return {"vad": "silero", "explain_every": 1, "max_streams_ok": best,
+            # an upper bound, not a measurement: what the CPU the daemon used would allow on
+            # two otherwise idle cores (the shared box gives it a fraction of one)
+            "cpu_bound_estimate_streams_on_2_idle_cores": int(2 / per_stream),
+            "levels": levels}
+
+
 # ----------------------------------------------------------------------------- setup
 
 def pick_model(tmp: Path, requested: str | None) -> tuple[str, str]:
@@ -244,10 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trial-s", type=float, default=20.0, help="each concurrency level")
     p.add_argument("--max-streams", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    p.add_argument("--only", default="latency,concurrency,throughput",
+                   help="comma-separated sections to run")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.latency_s, args.bulk_files, args.trial_s, args.max_streams = 8, 10, 8, 4
+    want = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     try:
         model, model_name = pick_model(tmp, args.model)
@@ -263,50 +299,23 @@ def main(argv: list[str] | None = None) -> int:
                          "trial_s": args.trial_s},
             "bars": BARS,
         }
-        with daemon_process({**base, "vad": "silero", "explain_every": 1}) as (port, pid):
-            lat = asyncio.run(run_trial(port, pid, "rt", 1, 1.0, True, args.latency_s))
-            result["latency"] = {"vad": "silero", "explain_every": 1, **lat}
-            print(f"latency: {lat['latency_ms']}", file=sys.stderr)
-            levels: list[dict] = []
-            n, best, worst = 1, 0, None
-            while n <= args.max_streams:
-                r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, args.trial_s))
-                r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
-                               and r["latency_ms"]["p95"] < BARS["streams_p95_ms"])
-                levels.append(r)
-                print(f"streams {n}: p95 {r['latency_ms']['p95']} ms, dropped "
-                      f"{r['dropped_windows']} -> {'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
-                if r["ok"]:
-                    best = n
-                else:
-                    worst = n
-                    break
-                n *= 2
-            while worst is not None and worst - best > max(1, best // 4):
-                n = (best + worst) // 2
-                r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, args.trial_s))
-                r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
-                               and r["latency_ms"]["p95"] < BARS["streams_p95_ms"])
-                levels.append(r)
-                print(f"streams {n}: p95 {r['latency_ms']['p95']} ms -> "
-                      f"{'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
-                best, worst = (n, worst) if r["ok"] else (best, n)
-            # from levels that kept up (an overloaded level does less work per stream)
-            per_stream = min([lv["daemon_cores_per_stream"] for lv in levels
-                              if lv["ok"] and lv["daemon_cores_per_stream"]] or [9e9])
-            result["concurrency"] = {
-                "vad": "silero", "explain_every": 1, "max_streams_ok": best,
-                # an upper bound, not a measurement: what the CPU the daemon used would allow
-                # on two otherwise idle cores (the shared box gives it a fraction of one)
-                "cpu_bound_estimate_streams_on_2_idle_cores": int(2 / per_stream),
-                "levels": levels}
-        result["throughput"] = {}
-        for vad in ("silero", "energy"):
-            with daemon_process({**base, "vad": vad, "explain_every": 0}) as (port, pid):
-                r = asyncio.run(run_trial(port, pid, "bulk", 1, 0.0, False, None))
-                r["x_realtime"] = round(r["audio_s"] / r["wall_s"], 1) if r["wall_s"] else None
-                result["throughput"][vad] = r
-                print(f"throughput ({vad} VAD): {r['x_realtime']}x", file=sys.stderr)
+        if want & {"latency", "concurrency"}:
+            with daemon_process({**base, "vad": "silero", "explain_every": 1}) as (port, pid):
+                if "latency" in want:
+                    lat = asyncio.run(run_trial(port, pid, "rt", 1, 1.0, True, args.latency_s))
+                    result["latency"] = {"vad": "silero", "explain_every": 1, **lat}
+                    print(f"latency: {lat['latency_ms']}", file=sys.stderr)
+                if "concurrency" in want:
+                    result["concurrency"] = concurrency(port, pid, args.trial_s,
+                                                        args.max_streams)
+        if "throughput" in want:
+            result["throughput"] = {}
+            for vad in ("silero", "energy"):
+                with daemon_process({**base, "vad": vad, "explain_every": 0}) as (port, pid):
+                    r = asyncio.run(run_trial(port, pid, "bulk", 1, 0.0, False, None))
+                    r["x_realtime"] = round(r["audio_s"] / r["wall_s"], 1) if r["wall_s"] else None
+                    result["throughput"][vad] = r
+                    print(f"throughput ({vad} VAD): {r['x_realtime']}x", file=sys.stderr)
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,16 +323,22 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    lp = result["latency"]["latency_ms"]["p95"]
-    tx = result["throughput"]["silero"]["x_realtime"]
-    te = result["throughput"]["energy"]["x_realtime"]
-    ns = result["concurrency"]["max_streams_ok"]
-    est = result["concurrency"]["cpu_bound_estimate_streams_on_2_idle_cores"]
-    cx = result["throughput"]["energy"]["audio_s_per_cpu_s"]
-    print(f"streaming ({model_name}, load {result['machine']['loadavg_at_start'][0]} on "
-          f"{os.cpu_count()} cores): latency p95 {lp} ms (bar <= 50) | fast replay {tx}x "
-          f"silero VAD, {te}x energy VAD (bar >= 100; {cx} audio-s per CPU-s) | {ns} real-time "
-          f"streams with Grad-CAM (bar >= 32; CPU-bound estimate {est} on 2 idle cores)")
+    parts = []
+    if "latency" in result:
+        parts.append(f"latency p95 {result['latency']['latency_ms']['p95']} ms (bar <= 50)")
+    if "throughput" in result:
+        tp = result["throughput"]
+        parts.append(f"fast replay {tp['silero']['x_realtime']}x silero VAD, "
+                     f"{tp['energy']['x_realtime']}x energy VAD (bar >= 100; "
+                     f"{tp['energy']['audio_s_per_cpu_s']} audio-s per CPU-s)")
+    if "concurrency" in result:
+        cc = result["concurrency"]
+        parts.append(f"{cc['max_streams_ok']} real-time streams with Grad-CAM (bar >= 32; "
+                     f"CPU-bound estimate {cc['cpu_bound_estimate_streams_on_2_idle_cores']} "
+                     f"on 2 idle cores)")
+    print(f"streaming ({model_name}, {args.threads} torch thread(s), load "
+          f"{result['machine']['loadavg_at_start'][0]} on {os.cpu_count()} cores): "
+          + " | ".join(parts))
     return 0
 
 
