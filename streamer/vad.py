@@ -8,11 +8,13 @@ so each sample is scored once however much consecutive windows overlap (a 3 s wi
   ``onnx=False``, loaded locally). It is a recurrent model: a frame's score depends on the
   stream's history, so each stream keeps its own state and context. Scoring frames independently
   was measured to disagree with the stateful scores on half the frames of TESS, so we don't.
-  Cost, measured on this 2-core box: ~1.3 ms per frame one stream at a time (~40 ms of CPU per
-  second of audio), ~3–6 ms per step for 16–32 streams batched. So frames of all streams that
-  are ready together go through the model as one batch (state gathered per stream); that keeps
-  32 real-time streams at roughly a sixth of one core. One stream replayed as fast as possible
-  is capped by silero at ~25x real time: use ``energy`` for fast bulk replays.
+  Cost, measured on this (shared) 2-core box: ~0.4 ms of CPU per frame one stream at a time,
+  i.e. ~7 ms per 0.5-s hop (about as much as the served CNN-LSTM's forward pass); a batch of
+  16-32 streams costs little more per step than one stream. So frames of all streams that are
+  ready together go through the model as one batch (state gathered per stream), and with
+  ``feed`` they are scored in the background as audio arrives, ahead of the window. One
+  stream replayed as fast as possible is limited by silero to roughly 35-70x real time per
+  core: use ``energy`` for fast bulk replays.
 - ``energy``: RMS of each frame above ``energy_db`` dBFS. Microseconds per window and needs no
   model; used when asked for, when silero-vad can't be loaded, or when the model's rate is
   neither 16 kHz nor 8 kHz (the only rates silero supports). Fooled by loud noise, which is
