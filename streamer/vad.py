@@ -10,7 +10,7 @@ so each sample is scored once however much consecutive windows overlap (a 3 s wi
   was measured to disagree with the stateful scores on half the frames of TESS, so we don't.
   Cost, measured on this (shared) 2-core box: ~0.4 ms of CPU per frame one stream at a time,
   i.e. ~7 ms per 0.5-s hop (about as much as the served CNN-LSTM's forward pass); a batch of
-  16-32 streams costs little more per step than one stream. So frames of all streams that are
+  16-32 streams costs only 2-5x one stream's step. So frames of all streams that are
   ready together go through the model as one batch (state gathered per stream), and with
   ``feed`` they are scored in the background as audio arrives, ahead of the window. One
   stream replayed as fast as possible is limited by silero to roughly 35-70x real time per
