@@ -21,7 +21,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import figures
-from dashboard.alerts import AlertEngine, SustainedFall, SustainedHigh
+from dashboard.alerts import Alert, AlertEngine, SustainedFall, SustainedHigh
 from dashboard.client import DEFAULT_URL, Feed
 from dashboard.replay import DEFAULT_MAX_UPLOAD_BYTES, SPEEDS, check_path, check_upload
 from dashboard.session import Session, list_sessions, predictions_csv, read_session
@@ -160,7 +160,10 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
             st.info("Connected. No stream yet: the daemon has nothing to analyse. "
                     "Start a replay in the **Replay a file** tab.", icon="⏳")
         return
-    alert_banner(view)
+    # Alerts are never paused: the banner always shows what holds now.
+    with feed.store.lock:
+        active, log = feed.store.alerts.active(), list(feed.store.alerts.log)
+    alert_banner(active, log, view)
 
     keys = list(view.streams)
     # Streams that appear while the page is open (a replay, the caller's channel) are added to
@@ -206,11 +209,11 @@ def connection_bar(view: View) -> None:
     st.markdown("  \n".join(parts) or "⚪ no daemon configured")
 
 
-def alert_banner(view: View) -> None:
-    if not view.active_alerts:
+def alert_banner(active: list[tuple[str, str]], log: list[Alert], view: View) -> None:
+    if not active:
         return
-    latest = {(a.rule, a.stream): a for a in view.alert_log}
-    for rule, stream in view.active_alerts:
+    latest = {(a.rule, a.stream): a for a in log}
+    for rule, stream in active:
         a = latest.get((rule, stream))
         text = a.message if a else rule
         label = view.streams[stream].label if stream in view.streams else stream

@@ -284,8 +284,14 @@ def test_pause_freezes_the_view_but_keeps_the_data(offline_feed: Feed) -> None:
     assert "happy" in metrics["Current emotion"]
     assert "paused" in all_text(at)
     assert len(offline_feed.store.streams["s1"].predictions) == 2
+    # An alert raised while paused still shows.
+    for seq in range(2, 12):
+        offline_feed.inject(URL, window("s1", seq, "fear", 0.9))
+    at.run()
+    assert "happy" in {m.label: m.value for m in at.metric}["Current emotion"]
+    assert any("ALERT" in e.value and "fear" in e.value for e in at.error)
     at.sidebar.toggle[0].set_value(False).run()
-    assert "sad" in {m.label: m.value for m in at.metric}["Current emotion"]
+    assert "fear" in {m.label: m.value for m in at.metric}["Current emotion"]
 
 
 def test_ring_buffers_bound_memory() -> None:
