@@ -28,6 +28,19 @@ pytestmark = [pytest.mark.tess, pytest.mark.timeout(120)]
 SR = SAMPLE_RATE
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch and one BLAS thread here: the work is small, and on a shared 2-core machine
+    spinning thread pools made these tests several times slower. Restored afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def clips(tess_dir: Path) -> list[np.ndarray]:
     """Seven clips spread over the sorted corpus (both speakers, several emotions) plus the one
