@@ -189,6 +189,7 @@ def test_demo_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Pa
     assert re.search(r"Confidence \d+%", " ".join(state["metrics"])), state["metrics"]
     # The Grad-CAM heatmap over the spectrogram, with its analysis block.
     assert "Grad-CAM" in names
+    assert state["heatmapImages"] >= 1, "the heatmap was not drawn"
     assert "Grad-CAM Analysis for class:" in text
     assert "No daemon connected" not in text
     assert (ARTIFACTS / "dashboard_live.png").stat().st_size > 20_000
