@@ -21,6 +21,8 @@ from dashboard.alerts import Alert, AlertEngine, Observation
 DEFAULT_MAX_PREDICTIONS = 1200
 DEFAULT_MAX_EXPLANATIONS = 20
 DEFAULT_MAX_EVENTS = 200
+# Ended streams beyond this many are forgotten, oldest first (a day of replays stays bounded).
+MAX_ENDED_STREAMS = 16
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class Store:
         for data in self.streams.values():
             if data.source == source and data.stream_id == stream_id:
                 return data
+        ended = sorted((d for d in self.streams.values() if d.ended), key=lambda d: d.last_seen)
+        for old in ended[:max(0, len(ended) - MAX_ENDED_STREAMS + 1)]:
+            del self.streams[old.key]
+            self.alerts.reset_stream(old.key)
         key = self.stream_key(source, stream_id)
         data = StreamData(
             key=key, source=source, stream_id=stream_id,

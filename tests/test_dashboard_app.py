@@ -505,3 +505,17 @@ def test_new_streams_join_the_picker_and_removed_ones_stay_removed(offline_feed:
     assert not at.exception
     assert at.multiselect(key="stream_picker").value == ["s1", "up1"]
     assert [m.value for m in at.metric if m.label == "Current emotion"][-1].endswith("fear")
+
+
+def test_ended_streams_are_forgotten_oldest_first() -> None:
+    from dashboard.state import MAX_ENDED_STREAMS
+
+    store = Store()
+    store.apply(URL, hello([]))
+    for i in range(MAX_ENDED_STREAMS + 10):
+        store.apply(URL, window(f"r{i}", 0, "happy", 0.9))
+        store.apply(URL, protocol.stream_ended(f"r{i}", "eof", 1, 3.0))
+    store.apply(URL, window("live", 0, "sad", 0.9))
+    assert len(store.streams) <= MAX_ENDED_STREAMS + 1
+    assert "live" in store.streams and f"r{MAX_ENDED_STREAMS + 9}" in store.streams
+    assert "r0" not in store.streams
