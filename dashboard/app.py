@@ -168,9 +168,9 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     keys = list(view.streams)
     # Streams that appear while the page is open (a replay, the caller's channel) are added to
     # the picked ones; streams the user removed stay removed.
-    seen: set[str] = st.session_state.setdefault("seen_streams", set())
+    seen: set[str] = st.session_state.get("seen_streams", set())
     new = [k for k in keys if k not in seen and not view.streams[k].ended]
-    seen.update(keys)
+    st.session_state.seen_streams = set(keys)
     previous = st.session_state.get("stream_picker")
     if previous is None:
         running = [k for k in keys if not view.streams[k].ended] or keys
