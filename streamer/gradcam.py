@@ -352,6 +352,8 @@ def class_activation_maps(
         backend = torch.backends.mkldnn.flags(enabled=False)
     else:
         backend = contextlib.nullcontext()
+    if isinstance(module, torch.jit.ScriptModule):
+        module = _FRESH.get(module, module)  # a module that needed a fresh copy keeps using it
     with torch.enable_grad(), backend:
         logits, acts, spec, grad, tgt = _explain_and_grad(module, waves, targets, method,
                                                           classes)
