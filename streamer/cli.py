@@ -151,25 +151,28 @@ def _stream(args: argparse.Namespace) -> int:
             print(f"error: --device {args.device!r}: use auto, cpu or cuda (the microphone is "
                   "--mic-device)", file=sys.stderr)
             return 2
+    from streamer.server import DEFAULT_ORIGINS, TOKEN_ENV, ConfigError, ServerConfig, check_bind
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:  # before torch is imported: a refused bind should not take seconds
+        check_bind(args.host, token)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import torch
 
     torch.set_num_threads(max(1, args.threads))
     from streamer.daemon import Daemon, DaemonConfig
     from streamer.model import ModelError, ServedModel
-    from streamer.server import DEFAULT_ORIGINS, TOKEN_ENV, ConfigError, ServerConfig
 
-    token = args.token or os.environ.get(TOKEN_ENV) or None
     server = ServerConfig(host=args.host, port=args.port, token=token,
                           origins=(*DEFAULT_ORIGINS, *args.allow_origin),
                           max_clients=args.max_clients,
                           max_upload_bytes=int(args.max_upload_mb * 2**20),
                           queue_size=args.queue_size)
     try:
-        from streamer.server import check_bind
-
-        check_bind(args.host, token)
         model = ServedModel.load(args.model, args.device)
-    except (ConfigError, ModelError) as exc:
+    except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = DaemonConfig(

@@ -23,6 +23,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -58,6 +59,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024
     max_upload_bytes: int = 20 * 2**20
     queue_size: int = 256
+    # Kernel send buffer per connection. Small on purpose (no autotuning to megabytes): a slow
+    # client's backlog then sits in our bounded, counted queue, not hidden in the kernel.
+    send_buffer_bytes: int | None = 256 * 1024
 
     @property
     def frame_limit(self) -> int:
@@ -171,7 +175,7 @@ class Server:
             process_request=self._check_handshake, max_size=cfg.frame_limit,
             ping_interval=20, ping_timeout=20, close_timeout=2,
             # Our own queues do the buffering; keep the library's small so drops are ours.
-            write_limit=2**16,
+            write_limit=2**15,
         )
         self.port = next(iter(self._ws.sockets)).getsockname()[1]
 
@@ -217,6 +221,11 @@ class Server:
 
     async def _handle(self, ws: ServerConnection) -> None:
         client = Client(f"c{next(self._ids)}", ws, self.config.queue_size)
+        sock = ws.transport.get_extra_info("socket") if ws.transport else None
+        if sock is not None and self.config.send_buffer_bytes:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                self.config.send_buffer_bytes)
         self.clients[client.id] = client
         sender: asyncio.Task | None = None
         try:

@@ -165,5 +165,6 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
-            raise AssertionError("daemon did not exit: " + "".join(self.stderr_lines) + err)
+            msg = "daemon did not exit: " + "".join(self.stderr_lines) + err
+            raise AssertionError(msg) from None
         return self.proc.returncode, "".join(self.stderr_lines) + (err or "")
