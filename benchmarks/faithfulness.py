@@ -15,7 +15,10 @@ model is evaluated) and its predicted class, with masking by ``streamer.gradcam.
 - top-CAM box vs random box: a box of 10 % of the grid (same aspect as the grid) placed where
   the CAM mass is largest, vs the same box at ``--random`` uniform random places; drop = p(c)
   before - after. Bar: mean top-CAM drop >= 2 x mean random drop.
-- the paper's focus box (extent of CAM >= 0.5) vs a random box of equal size (the live metric).
+- the paper's focus box (extent of CAM >= 0.5) vs a random box of equal size (the live metric;
+  windows whose CAM is all zero have no focus box and are left out of this pair).
+``empty_cam_pct``: windows whose Grad-CAM is zero everywhere (the ReLU removed all evidence);
+they stay in the top-box and deletion figures with random tie-breaking (no advantage to CAM).
 - deletion curve: p(c) as 0, 10, ..., 100 % of the cells are removed in order of CAM value
   (most activated first) vs in random order; area under each curve (lower = more faithful).
 Results are reported per true class and overall; JSON on stdout (and ``--out``), a one-line
@@ -104,11 +107,14 @@ def train_fold_model(tess: Path, fold: int, epochs: int, out: Path, per_class: i
 
 # ----------------------------------------------------------------------------- measurements
 
-def best_box(cam: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:
-    """The h x w box with the largest CAM sum (integral image)."""
+def best_box(cam: np.ndarray, h: int, w: int, rng: np.random.Generator
+             ) -> tuple[int, int, int, int]:
+    """The h x w box with the largest CAM sum (integral image); ties broken at random, so an
+    all-zero CAM (no positive evidence) gets a random box, not a fixed corner."""
     c = np.pad(cam.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
     sums = c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
-    r, k = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    best = np.flatnonzero(sums.ravel() >= sums.max() - 1e-9)
+    r, k = np.unravel_index(int(rng.choice(best)), sums.shape)
     return (int(r), int(r) + h - 1, int(k), int(k) + w - 1)
 
 
@@ -122,13 +128,14 @@ def evaluate(model, waves: torch.Tensor, labels: list[int], n_random: int, seed:
     masks, owners = [], []
     rng = np.random.default_rng(seed)
     for i, e in enumerate(expls):
-        top = best_box(e.cam, h, w)
+        top = best_box(e.cam, h, w, rng)
         masks.append(g.box_mask((f, t), top))
         owners.append((i, "top"))
         for _ in range(n_random):
             masks.append(g.box_mask((f, t), g.random_box_like((f, t), top, rng)))
             owners.append((i, "random"))
-        order_cam = np.argsort(-e.cam.ravel(), kind="stable")
+        # Most activated first; equal values (e.g. the zeros after the ReLU) in random order.
+        order_cam = np.lexsort((rng.random(f * t), -e.cam.ravel()))
         order_rnd = rng.permutation(f * t)
         for name, order in (("del_cam", order_cam), ("del_rnd", order_rnd)):
             for frac in FRACTIONS[1:]:
@@ -152,7 +159,7 @@ def evaluate(model, waves: torch.Tensor, labels: list[int], n_random: int, seed:
             "top_drop": base - got["top"][0],
             "random_drop": base - float(np.mean(got["random"])),
             "focus_drop": m.confidence_drop, "focus_random_drop": m.random_drop,
-            "activated_area_pct": m.activated_area_pct,
+            "activated_area_pct": m.activated_area_pct, "empty_cam": e.raw_max <= 0,
             "del_cam": [base, *got["del_cam"]], "del_rnd": [base, *got["del_rnd"]],
         })
     return out
@@ -175,6 +182,7 @@ def summarize(rows: list[dict]) -> dict:
         "bar_2x": bool(rnd is not None and top is not None and top >= 2 * max(rnd, 0.0)),
         "focus_box_drop": mean("focus_drop"), "focus_random_drop": mean("focus_random_drop"),
         "activated_area_pct": mean("activated_area_pct"),
+        "empty_cam_pct": 100 * float(np.mean([r["empty_cam"] for r in rows])),
         "deletion_auc_cam": float(np.trapezoid(del_cam, FRACTIONS)),
         "deletion_auc_random": float(np.trapezoid(del_rnd, FRACTIONS)),
         "deletion_curve_cam": [round(float(x), 4) for x in del_cam],

@@ -106,7 +106,9 @@ def text_block(expl: Explanation, source: str | None = None) -> str:
         f"Method: {expl.method} (frequency axis: {expl.mel_scale} mel-band centres)",
         f"{'Metric':<46}Value",
         f"{'Model Confidence':<46}{100 * m.confidence:.2f}% ({name})",
-        f"{'Grad-CAM Max Activation':<46}= {m.max_activation:.2f}",
+        f"{'Grad-CAM Max Activation':<46}= {m.max_activation:.2f}"
+        + ("  (the map is zero everywhere: no positive evidence for this class at this layer)"
+           if expl.raw_max <= 0 else ""),
         f"{'Activated Area':<46}= {m.activated_area_pct:.2f}% (CAM >= {m.threshold:g})",
         f"Focus Region (time: {t}, freq: {f})",
         f"{'Confidence Drop (after masking focus region)':<46}= {pct(m.confidence_drop)}",
