@@ -42,6 +42,8 @@ log = logging.getLogger("streamer.daemon")
 # A file with more channels than this is refused rather than mixed down: which channel holds
 # the speech of a 5.1 recording is anyone's guess.
 MAX_REPLAY_CHANNELS = 2
+# Ended streams stay in hello and status this long (clients see their final counts), then go.
+ENDED_LISTED_S = 60.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class _Stream:
     voiced: int = 0
     dropped: int = 0
     state: str = "running"
+    ended_at: float | None = None  # time.monotonic() when it ended
 
 
 @dataclass
@@ -188,10 +191,17 @@ class Daemon:
                                  max_batch=self.config.max_batch)
             self.engine.warmup()  # the TorchScript executor's first calls are slow (D2)
 
+    def _listed(self, keep_s: float) -> list[tuple[str, _Stream]]:
+        """Running streams and those that ended in the last ``keep_s`` seconds, so hello and
+        status stay small in a daemon that has replayed thousands of files."""
+        now = time.monotonic()
+        return [(sid, st) for sid, st in self.streams.items()
+                if st.ended_at is None or now - st.ended_at <= keep_s]
+
     def hello(self, client_id: str | None) -> dict:
         return protocol.hello(
             self.session_id, self.model.card,
-            [{**s.info, "state": s.state} for s in self.streams.values()],
+            [{**s.info, "state": s.state} for _, s in self._listed(ENDED_LISTED_S)],
             self.config.hop_s, self.config.explain_every, self.config.server.limits(),
             client_id=client_id, server_version=_version())
 
@@ -334,11 +344,11 @@ class Daemon:
         if src.kind == "mic":
             speed = 1.0
         now = time.time()
-        for d in src.describe():
+        for i, d in enumerate(src.describe()):
             sid = d["id"]
             info = protocol.stream_info(sid, kind or d.get("kind", src.kind),
-                                        str(d.get("source", "")), now,
-                                        channel=d.get("channel"),
+                                        str(d.get("source") or src.kind), now,
+                                        channel=d.get("channel", i if len(ids) > 1 else None),
                                         speed=speed if speed else None)
             self.streams[sid] = _Stream(
                 info, src, Windower(sid, self.model.sample_rate, self.model.window_s,
@@ -450,6 +460,7 @@ class Daemon:
                 "file", "upload") else "source_failed"
             self._publish(protocol.error(code, str(error), stream=sid))
         st.state = "ended"
+        st.ended_at = time.monotonic()
         st.info["state"] = "ended"
         self._publish(protocol.stream_ended(sid, reason, st.windows,
                                             st.received / self.model.sample_rate))
@@ -468,7 +479,7 @@ class Daemon:
     def _status(self) -> dict:
         now = time.monotonic()
         streams = []
-        for sid, st in self.streams.items():
+        for sid, st in self._listed(ENDED_LISTED_S):
             t_proc = st.processed / self.model.sample_rate
             lag = None
             if st.speed and st.state == "running":

@@ -306,3 +306,53 @@ def test_sigkill_log_readable(tmp_path, tiny_model_path, tess_dir):
     complete = set(path.read_bytes().decode().split("\n")[:-1])
     received = [r for r in got if isinstance(r, str) and json.loads(r)["type"] in BROADCAST]
     assert received and set(received) <= complete
+
+
+@pytest.mark.timeout(60)
+def test_stdin_pcm_split_channels(tmp_path, tiny_model_path, tess_dir):
+    """Raw PCM (s16le, 8 kHz, stereo) as from a pipe, split into one stream per channel."""
+    import io
+
+    import soxr
+
+    from streamer.sources import StdinSource
+
+    audio, rate = sf.read(str(tess_files(tess_dir, 1)[0]), dtype="float32")
+    left = soxr.resample(audio, rate, 8000)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)
+    pcm = (stereo * 32767).astype("<i2").tobytes()
+    cfg = make_config(tmp_path, tiny_model_path)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            src = StdinSource(8000, 16000, fmt="s16le", channels=2, name="call",
+                              split_channels=True, stream=io.BytesIO(pcm))
+            ids = await daemon._start_source(src)
+            for sid in ids:
+                await c.until(lambda m, s=sid: m["type"] == "stream_ended" and m["stream"] == s,
+                              seen=True)
+            return ids, c
+
+    ids, c = asyncio.run(main())
+    assert ids == ["call:ch0", "call:ch1"]
+    kinds = {m["stream"]["stream"]: m["stream"] for m in c.of("stream_started")}
+    assert kinds["call:ch1"]["kind"] == "stdin" and kinds["call:ch1"]["channel"] == 1
+    assert any(p["voiced"] for p in c.of("prediction", "call:ch0"))
+    assert not any(p["voiced"] for p in c.of("prediction", "call:ch1"))  # silent channel
+    assert c.of("stream_ended", "call:ch0")[0]["t_end_s"] == pytest.approx(len(left) / 8000,
+                                                                           abs=0.01)
+
+
+def test_cli_builds_sources(tmp_path):
+    from emotion_monitor.cli import build_parser
+    from streamer.cli import build_sources
+    from streamer.sources import StdinSource
+
+    args = build_parser().parse_args([
+        "stream", "--replay", "a/x.wav", "b.wav", "--replay", "c/x.flac", "--replay", "-",
+        "--rate", "8000", "--format", "f32le", "--speed", "0", "--loop", "--gap", "1.5"])
+    srcs = build_sources(args, 16000)
+    assert [type(s).__name__ for s in srcs] == ["FileSource", "FileSource", "StdinSource"]
+    assert srcs[0].paths == ["a/x.wav", "b.wav"] and srcs[0].gap_s == 1.5 and srcs[0].loop
+    assert srcs[0].name != srcs[1].name  # two streams named after "x" stay distinct
+    assert isinstance(srcs[2], StdinSource) and srcs[2].rate == 8000 and srcs[2].fmt == "f32le"
