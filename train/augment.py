@@ -32,13 +32,14 @@ class AugmentConfig:
     freq_mask_width: int = 16  # mel bins, upper bound of each mask
     time_masks: int = 2
     time_mask_width: int = 20  # frames, upper bound of each mask
+    freq_shift: int = 0  # random shift of the mel axis by up to +-this many bins (voice pitch)
 
     @staticmethod
     def none() -> AugmentConfig:
         """No augmentation: utterance centred, floor only so features never see log(0)."""
         return AugmentConfig(
             random_offset=False, speed_p=0.0, noise_floor_dbfs=(-90.0, -90.0), noise_p=0.0,
-            gain_db=(0.0, 0.0), freq_masks=0, time_masks=0,
+            gain_db=(0.0, 0.0), freq_masks=0, time_masks=0, freq_shift=0,
         )
 
     def to_dict(self) -> dict:
@@ -155,15 +156,23 @@ def augment_clip(
 
 
 def spec_augment(spec: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """SpecAugment frequency and time masks on a normalised spectrogram [B, 1, F, T].
+    """SpecAugment masks (and an optional mel-axis shift) on a normalised spectrogram [B,1,F,T].
 
-    Masks are filled with 0, which is the mean after per-utterance normalisation.
+    Masks and the rows a shift uncovers are filled with 0, the mean after normalisation.
     """
-    if config.freq_masks == 0 and config.time_masks == 0:
+    if config.freq_masks == 0 and config.time_masks == 0 and config.freq_shift == 0:
         return spec
     spec = spec.clone()
     b, _, f, t = spec.shape
     for i in range(b):
+        if config.freq_shift:
+            k = int(torch.randint(-config.freq_shift, config.freq_shift + 1, (1,), generator=gen))
+            if k:
+                spec[i] = torch.roll(spec[i], k, dims=1)
+                if k > 0:
+                    spec[i, :, :k, :] = 0.0
+                else:
+                    spec[i, :, k:, :] = 0.0
         for _ in range(config.freq_masks):
             w = int(torch.randint(0, config.freq_mask_width + 1, (1,), generator=gen))
             f0 = int(torch.randint(0, max(1, f - w), (1,), generator=gen))

@@ -112,10 +112,27 @@ def save_model(module: nn.Module, path: str | Path, card: dict,
 
 # ---------------------------------------------------------------- streaming runs
 
+EXPECTED_FOLDS = {"cv5": 5, "speaker-independent": 2, "word-disjoint": 5}
+
+
+def _fold_summaries(run_dir: Path) -> dict:
+    """Per-protocol summaries from the per-fold files (the source of truth, even mid-run)."""
+    from train.streaming_train import summarize
+
+    out = {}
+    for pdir in sorted((run_dir / "folds").glob("*")):
+        folds = [json.loads(p.read_text()) for p in sorted(pdir.glob("*.json"))]
+        if folds:
+            out[pdir.name] = summarize(pdir.name, folds)
+    return out
+
+
 def _streaming_metrics(metrics: dict) -> dict:
     out: dict[str, Any] = {}
     for name, m in metrics.items():
+        expected = EXPECTED_FOLDS.get(name)
         entry = {"protocol": name, "folds": m["n_folds"],
+                 "complete": expected is None or m["n_folds"] >= expected,
                  "accuracy_mean": m["accuracy"]["mean"], "accuracy_std": m["accuracy"]["std"],
                  "uar_mean": m["uar"]["mean"]}
         out[name] = entry
@@ -138,8 +155,7 @@ def streaming_from_run(run_dir: Path) -> tuple[nn.Module, dict]:
         raise ExportError(f"{run_dir}: no final.pt (train with --final to get the served model)")
     model = StreamingCNNLSTM(model_config)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = _fold_summaries(run_dir)
     card = {
         "name": run_dir.name,
         "version": "1.0.0",

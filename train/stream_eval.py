@@ -10,6 +10,7 @@ utterances, so it is lower than per-clip accuracy by construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,11 +87,17 @@ def window_labels(
     if labels.numel() < window:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     starts = torch.arange(0, labels.numel() - window + 1, hop)
-    onehot = torch.zeros(labels.numel() + 1, n_classes + 1)
-    onehot[torch.arange(labels.numel()), labels.clamp_min(-1) + 1] = 1.0
-    cum = torch.cumsum(onehot[:-1], dim=0)
-    cum = torch.cat([torch.zeros(1, n_classes + 1), cum])
-    counts = cum[starts + window] - cum[starts]  # [W, C+1]; column 0 = unvoiced
+    # Class counts per block of gcd(window, hop) samples (bincount: no [N, C] one-hot in
+    # memory for hour-long streams), then summed over the blocks each window spans.
+    block = math.gcd(window, hop)
+    n_blocks = labels.numel() // block
+    idx = torch.arange(n_blocks * block) // block
+    flat = idx * (n_classes + 1) + (labels[: n_blocks * block].clamp_min(-1) + 1)
+    per_block = torch.bincount(flat, minlength=n_blocks * (n_classes + 1))
+    per_block = per_block.view(n_blocks, n_classes + 1)
+    cum = torch.cat([torch.zeros(1, n_classes + 1, dtype=torch.long), per_block.cumsum(0)])
+    first = starts // block
+    counts = cum[first + window // block] - cum[first]  # [W, C+1]; column 0 = unvoiced
     voiced = counts[:, 1:]
     lab = voiced.argmax(dim=1)
     lab[voiced.sum(dim=1) == 0] = -1

@@ -34,6 +34,7 @@ class StreamingConfig:
     f_min: float = 50.0
     f_max: float = 8000.0
     channels: tuple[int, ...] = (8, 16, 32, 48)
+    norm: str = "window"  # per-window normalisation: "window" (F x T) or "band" (per mel band)
     pools: int = 2  # 2x2 max-pools after the first blocks: conv map F'=n_mels/8, T'=frames/8
     stem_stride: int = 2  # the first conv halves F and T: 2x cheaper overall, no loss on TESS
     lstm_hidden: int = 64
@@ -77,6 +78,9 @@ class StreamingCNNLSTM(nn.Module):
         super().__init__()
         config = config or StreamingConfig()
         self.n_samples = config.n_samples
+        if config.norm not in ("window", "band"):
+            raise ValueError(f"norm must be 'window' or 'band', got {config.norm!r}")
+        self.norm = config.norm
         self.front = LogMel(config.logmel_config())
         chans = list(config.channels)
         blocks: list[nn.Module] = []
@@ -120,12 +124,19 @@ class StreamingCNNLSTM(nn.Module):
         self.check_input(wave)
         return self.front(wave)
 
-    @staticmethod
-    def normalize(spec: torch.Tensor) -> torch.Tensor:
-        """Per-utterance normalisation: zero mean, unit variance over (F, T) of each window."""
-        mean = spec.mean(dim=(2, 3), keepdim=True)
-        std = spec.std(dim=(2, 3), keepdim=True)
-        return (spec - mean) / (std + 1e-5)
+    def normalize(self, spec: torch.Tensor) -> torch.Tensor:
+        """Per-window normalisation (no statistics from training data, so no speaker's).
+
+        ``window``: zero mean, unit variance over (F, T). ``band``: each mel band's mean over
+        time removed first (cepstral-mean-style: takes out the voice's and the channel's
+        long-term spectral envelope), then unit variance over (F, T).
+        """
+        if self.norm == "band":
+            centred = spec - spec.mean(dim=3, keepdim=True)
+        else:
+            centred = spec - spec.mean(dim=(2, 3), keepdim=True)
+        std = centred.std(dim=(2, 3), keepdim=True)
+        return centred / (std + 1e-5)
 
     def classify(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised spectrogram -> (logits, last conv map)."""

@@ -169,7 +169,7 @@ def clip_metrics(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict:
 def run_protocol(
     protocol: str, utts: list[Utterance], clips: list[torch.Tensor], model_config: StreamingConfig,
     cfg: TrainConfig, out: Path, device: torch.device, k: int = 5, max_folds: int | None = None,
-    only_folds: list[int] | None = None,
+    only_folds: list[int] | None = None, stream_clips: int | None = 600,
 ) -> dict:
     """Train and evaluate every fold of ``protocol``; resumes from ``out/folds``."""
     labels = [EMOTIONS.index(u.emotion) for u in utts]
@@ -198,7 +198,13 @@ def run_protocol(
                "clip": clip_metrics(predict_clips(model, te_clips, model_config.n_samples, device),
                                     y, len(EMOTIONS))}
         if protocol in STREAM_PROTOCOLS:
-            stream = build_stream(te_clips, y.tolist(), seed=cfg.seed + i)
+            pick = list(range(len(te_clips)))
+            if stream_clips is not None and len(pick) > stream_clips:  # keeps the eval short
+                gen = torch.Generator().manual_seed(cfg.seed + i)
+                pick = sorted(torch.randperm(len(pick), generator=gen)[:stream_clips].tolist())
+            stream = build_stream([te_clips[j] for j in pick], [int(y[j]) for j in pick],
+                                  seed=cfg.seed + i)
+            res["stream_clips"] = len(pick)
             res["stream"] = evaluate_stream(
                 lambda w, m=model: m(w.to(device)).cpu(), stream, len(EMOTIONS))
         res["seconds"] = round(time.time() - t0, 1)
@@ -259,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only N utterances (smoke tests)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--channels", type=int, nargs="*", default=None)
+    p.add_argument("--norm", choices=["window", "band"], default=StreamingConfig.norm,
+                   help="per-window normalisation of the log-mel (band: per mel band)")
+    p.add_argument("--freq-shift", type=int, default=AugmentConfig.freq_shift,
+                   help="augment: random mel-axis shift of up to +-N bins")
+    p.add_argument("--stream-clips", type=int, default=600,
+                   help="at most this many held-out clips per fold go into the stream")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (max 2 here)")
     return p
@@ -274,18 +286,20 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed)
         utts = [utts[i] for i in sorted(rng.choice(len(utts), args.limit, replace=False))]
     clips = load_clips(utts)
-    model_config = StreamingConfig()
+    model_config = StreamingConfig(norm=args.norm)
     if args.channels:
         model_config = replace(model_config, channels=tuple(args.channels))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      augment=AugmentConfig.none() if args.no_augment else AugmentConfig())
+                      augment=AugmentConfig.none() if args.no_augment
+                      else AugmentConfig(freq_shift=args.freq_shift))
     out: Path = args.out
     write_config(out, model_config, cfg, scan.corpus)
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     for protocol in args.protocols:
         metrics[protocol] = run_protocol(protocol, utts, clips, model_config, cfg, out, device,
-                                         max_folds=args.max_folds, only_folds=args.folds)
+                                         max_folds=args.max_folds, only_folds=args.folds,
+                                         stream_clips=args.stream_clips)
         metrics_path.write_text(json.dumps(metrics, indent=1))
         print(json.dumps({protocol: {k: v for k, v in metrics[protocol].items()
                                      if k != "stream_protocol"}}))
