@@ -172,6 +172,7 @@ class Daemon:
         self._busy = False  # the inference loop is working on a batch
         self._names: collections.Counter[str] = collections.Counter()
         self.exit_code = 0
+        self.log_errors = 0
 
     # ---------------------------------------------------------------- setup
     def _load(self) -> None:
@@ -303,7 +304,13 @@ class Daemon:
                                          msg.get("stream"), str) else None)
         text = protocol.encode(msg)
         if self.log is not None and not self.log.closed:
-            self.log.append(text)
+            try:
+                self.log.append(text)
+            except OSError as exc:  # disk full, volume gone: keep serving, say so loudly
+                self.log_errors += 1
+                if self.log_errors == 1:
+                    log.error("session log %s: write failed (%s); messages are no longer "
+                              "logged", self.log.path, exc)
         if broadcast and self.server is not None:
             self.server.broadcast(msg, text)
 
@@ -416,38 +423,46 @@ class Daemon:
             self._busy = False
             batch = await self._pending.get_batch(self.config.max_batch)
             self._busy = True
-            run: list[tuple[Any, int]] = []
-            for item in [*batch, None]:
-                if isinstance(item, tuple):
-                    run.append(item)
-                    continue
-                if run:
-                    windows = [w for w, _ in run]
-                    try:
-                        await loop.run_in_executor(self._pool, self.engine.process, windows,
-                                                   emit)
-                    except Exception as exc:  # the model failed on this batch: say so, go on
-                        log.exception("inference failed")
-                        for sid in {w.stream_id for w in windows}:
-                            self._publish(protocol.error(
-                                "internal", f"inference failed: {type(exc).__name__}: {exc}",
-                                stream=sid))
-                    await asyncio.sleep(0)  # the emitted messages are published first
-                    for w, received in run:
-                        st = self.streams[w.stream_id]
-                        st.pending -= 1
-                        st.processed = max(st.processed, received)
-                        if st.pending == 0 and st.state == "running":
-                            st.processed = max(st.processed, st.received)
-                    run = []
-                if isinstance(item, _End):
-                    await loop.run_in_executor(self._pool, self.engine.end_stream,
-                                               item.stream_id)
-                    self._end_stream(item.stream_id, item.reason, item.error)
+            try:
+                await self._infer_batch(batch, loop, emit)
+            except Exception:  # a bug here must not stall every stream: log it, go on
+                log.exception("inference loop error")
             if self.config.exit_when_done and self.streams and all(
                     s.state == "ended" for s in self.streams.values()) \
                     and not self._source_stops:
                 self.request_stop()
+
+    async def _infer_batch(self, batch: list[Any], loop: asyncio.AbstractEventLoop,
+                           emit: Any) -> None:
+        """Infer runs of windows in one batch each; handle end markers in order."""
+        run: list[tuple[Any, int]] = []
+        for item in [*batch, None]:
+            if isinstance(item, tuple):
+                run.append(item)
+                continue
+            if run:
+                windows = [w for w, _ in run]
+                try:
+                    await loop.run_in_executor(self._pool, self.engine.process, windows,
+                                               emit)
+                except Exception as exc:  # the model failed on this batch: say so, go on
+                    log.exception("inference failed")
+                    for sid in {w.stream_id for w in windows}:
+                        self._publish(protocol.error(
+                            "internal", f"inference failed: {type(exc).__name__}: {exc}",
+                            stream=sid))
+                await asyncio.sleep(0)  # the emitted messages are published first
+                for w, received in run:
+                    st = self.streams[w.stream_id]
+                    st.pending -= 1
+                    st.processed = max(st.processed, received)
+                    if st.pending == 0 and st.state == "running":
+                        st.processed = max(st.processed, st.received)
+                run = []
+            if isinstance(item, _End):
+                await loop.run_in_executor(self._pool, self.engine.end_stream,
+                                           item.stream_id)
+                self._end_stream(item.stream_id, item.reason, item.error)
 
     def _end_stream(self, sid: str, reason: str, error: Exception | None) -> None:
         st = self.streams[sid]
@@ -492,9 +507,12 @@ class Daemon:
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.status_interval_s)
-            self._publish(self._status())
-            if self.log is not None:
-                await asyncio.to_thread(self.log.sync)
+            try:
+                self._publish(self._status())
+                if self.log is not None:
+                    await asyncio.to_thread(self.log.sync)
+            except Exception:  # a status bug must not stop the next status
+                log.exception("status failed")
 
     # ---------------------------------------------------------------- client requests
     async def _on_request(self, client: Client, msg: dict) -> list[dict]:
