@@ -1,0 +1,163 @@
+"""Per-window latency of a model file: forward, forward + Grad-CAM, and batch throughput.
+
+Loads the TorchScript file alone (as the streamer does) and times, on 3-s windows:
+- ``forward`` at batch 1 (p50 / p95, ms),
+- ``forward`` + Grad-CAM at batch 1: ``explain`` + ``autograd.grad`` of the top class w.r.t.
+  the returned activations + the CAM arithmetic (p50 / p95, ms),
+- windows per second of ``forward`` at batch 16,
+on the CPU with ``--threads`` threads (default 2), and on CUDA when available.
+Prints JSON (machine, settings, medians and p95s) and a one-line summary.
+
+    .venv/bin/python benchmarks/inference.py [models/default.pt] [--repeats 50]
+
+The CPU here is shared: the figures include whatever else runs; ``cpu_load_1min`` says how busy
+the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _load(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict]:
+    extra = {"model_card.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    return module.eval(), json.loads(extra["model_card.json"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _gradcam(module: torch.jit.ScriptModule, wave: torch.Tensor, method: str) -> torch.Tensor:
+    """One window's CAM, the way streamer/gradcam.py computes it (plain autograd)."""
+    cudnn = (torch.backends.cudnn.flags(enabled=False) if wave.is_cuda
+             else contextlib.nullcontext())
+    with torch.enable_grad(), cudnn, torch.jit.optimized_execution(False):
+        x = wave.detach().requires_grad_(method == "saliency")
+        logits, acts, spec = module.explain(x)
+        target = logits.argmax(dim=1)
+        score = logits.gather(1, target[:, None]).sum()
+        if method == "saliency":
+            (grad,) = torch.autograd.grad(score, spec)
+            return grad.abs().amax(dim=1)
+        (grad,) = torch.autograd.grad(score, acts)
+        cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True))
+        return F.interpolate(cam, size=spec.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _time(fn, repeats: int, device: torch.device, warmup: int = 5) -> tuple[list, list]:
+    """Wall-clock and process-CPU milliseconds per call.
+
+    On a shared, overloaded CPU the wall clock measures the queue as much as the model; the
+    process CPU time (all threads together) is what the call costs, so both are reported.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        _sync(device)
+        wall.append((time.perf_counter() - t0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return wall, cpu
+
+
+def _stats(timed: tuple[list, list]) -> dict:
+    wall, cpu = timed
+    return {"p50": float(np.median(wall)), "p95": float(np.percentile(wall, 95)),
+            "cpu_ms_p50": float(np.median(cpu)), "n": len(wall)}
+
+
+def bench(path: Path, device: torch.device, repeats: int, batch: int) -> dict:
+    module, card = _load(path, device)
+    n = int(round(card["sample_rate"] * card["window_s"]))
+    method = card.get("explain_method", "gradcam")
+    gen = torch.Generator().manual_seed(0)
+    one = (0.05 * torch.randn(1, n, generator=gen)).to(device)
+    many = (0.05 * torch.randn(batch, n, generator=gen)).to(device)
+
+    def fwd1() -> None:
+        with torch.no_grad():
+            module(one)
+
+    def cam1() -> None:
+        _gradcam(module, one, method)
+
+    def fwd_b() -> None:
+        with torch.no_grad():
+            module(many)
+
+    forward = _time(fwd1, repeats, device)
+    gradcam = _time(cam1, repeats, device)
+    batched = _time(fwd_b, max(5, repeats // 5), device, warmup=2)
+    return {
+        "device": str(device),
+        "forward_batch1_ms": _stats(forward),
+        "forward_gradcam_batch1_ms": _stats(gradcam),
+        f"forward_batch{batch}_ms": _stats(batched),
+        f"windows_per_s_batch{batch}": float(batch * 1000.0 / np.median(batched[0])),
+    }
+
+
+def main() -> None:
+    default = Path(__file__).resolve().parents[1] / "models" / "default.pt"
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", nargs="?", type=Path, default=default)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--no-cuda", action="store_true")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    _, card = _load(args.model, torch.device("cpu"))
+    runs = [bench(args.model, torch.device("cpu"), args.repeats, args.batch)]
+    if torch.cuda.is_available() and not args.no_cuda:
+        runs.append(bench(args.model, torch.device("cuda"), args.repeats, args.batch))
+    result = {
+        "machine": {"platform": platform.platform(),
+                    "cpu": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "cpu_load_1min": os.getloadavg()[0]},
+        "settings": {"model": str(args.model), "name": card.get("name"),
+                     "parameters": card.get("parameters"),
+                     "explain_method": card.get("explain_method"),
+                     "window_s": card["window_s"], "sample_rate": card["sample_rate"],
+                     "cpu_threads": args.threads, "repeats": args.repeats,
+                     "batch": args.batch},
+        "runs": runs,
+    }
+    print(json.dumps(result, indent=2))
+    for r in runs:
+        f, g = r["forward_batch1_ms"], r["forward_gradcam_batch1_ms"]
+        print(f"{r['device']}: forward p50 {f['p50']:.1f} ms (p95 {f['p95']:.1f}, CPU "
+              f"{f['cpu_ms_p50']:.1f}), forward+Grad-CAM p50 {g['p50']:.1f} ms (p95 "
+              f"{g['p95']:.1f}, CPU {g['cpu_ms_p50']:.1f}), "
+              f"{r[f'windows_per_s_batch{args.batch}']:.0f} windows/s at batch {args.batch} "
+              f"[{args.threads} CPU threads, load {result['machine']['cpu_load_1min']:.1f}]")
+
+
+if __name__ == "__main__":
+    main()
