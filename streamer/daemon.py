@@ -241,6 +241,7 @@ class Daemon:
                 try:
                     await self._start_source(src)
                 except _RequestError as exc:
+                    log.error("source not started: %s", exc.message)
                     self._publish(protocol.error(exc.code, exc.message))
             self._ready.set()
             if self.config.exit_when_done and not any(
@@ -473,6 +474,7 @@ class Daemon:
 
             code = "bad_audio" if isinstance(error, SourceError) and st.info["kind"] in (
                 "file", "upload") else "source_failed"
+            log.error("stream %s failed: %s", sid, error)
             self._publish(protocol.error(code, str(error), stream=sid))
         st.state = "ended"
         st.ended_at = time.monotonic()

@@ -356,3 +356,31 @@ def test_cli_builds_sources(tmp_path):
     assert srcs[0].paths == ["a/x.wav", "b.wav"] and srcs[0].gap_s == 1.5 and srcs[0].loop
     assert srcs[0].name != srcs[1].name  # two streams named after "x" stay distinct
     assert isinstance(srcs[2], StdinSource) and srcs[2].rate == 8000 and srcs[2].fmt == "f32le"
+
+
+@pytest.mark.timeout(120)
+def test_cuda_inference_matches_cpu(tmp_path, tiny_model_path, tess_dir):
+    """--device cuda: the same probabilities as on CPU (features run on the GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
+    files = tess_files(tess_dir, 1)
+    cfg = make_config(tmp_path, tiny_model_path, device="cuda", explain_every=1)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            await daemon._start_source(FileSource(files, 16000, name="g", speed=0))
+            await c.until(lambda m: m["type"] == "stream_ended")
+            return c
+
+    c = asyncio.run(main())
+    assert not c.of("error")
+    cpu = ServedModel.load(tiny_model_path, "cpu")
+    ref = expected_windows(files, cpu, 0.5)
+    probs = cpu.predict(np.stack([w.samples for w in ref]))
+    for p in c.of("prediction"):
+        if p["voiced"]:
+            got = [p["probabilities"][k] for k in cpu.classes]
+            np.testing.assert_allclose(got, probs[p["seq"]], atol=1e-4)
+    assert c.of("explanation")
