@@ -115,6 +115,7 @@ async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float
 
     lat: list[float] = []
     lat_voiced: list[float] = []
+    lat_engine: list[float] = []  # the daemon's own latency_ms (until the message was built)
     explanations = 0
     dropped: dict[str, int] = {}
     client_dropped = 0
@@ -144,6 +145,7 @@ async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float
             if kind == "prediction":
                 ms = (now - msg["wall_time"]) * 1000.0
                 lat.append(ms)
+                lat_engine.append(msg["latency_ms"])
                 if msg["voiced"]:
                     lat_voiced.append(ms)
             elif kind == "explanation":
@@ -179,6 +181,7 @@ async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float
     return {"streams": n_streams, "speed": speed, "wall_s": wall, "predictions": len(lat),
             "voiced_predictions": len(lat_voiced), "explanations": explanations,
             "latency_ms": _summary(lat), "voiced_latency_ms": _summary(lat_voiced),
+            "latency_until_built_ms": _summary(lat_engine),
             "dropped_windows": int(sum(dropped.values())), "client_dropped_messages":
             client_dropped, "errors": errors[:5], "audio_s": audio_s,
             "windows_reported": int(sum(e["windows"] for e in ended.values())),
