@@ -501,8 +501,12 @@ class Daemon:
             lag = None
             if st.speed and st.state == "running":
                 lag = max(0.0, (now - st.started) * st.speed - t_proc)
+            try:
+                stats = st.source.stats() if st.state == "running" else None
+            except Exception:  # a source's own bookkeeping must not break status
+                stats = None
             streams.append(protocol.stream_status(sid, st.state, lag, t_proc, st.windows,
-                                                  st.voiced, st.dropped))
+                                                  st.voiced, st.dropped, stats))
         clients = self.server.clients_status() if self.server else []
         return protocol.status(streams, clients, now - self.started)
 

@@ -219,6 +219,10 @@ SCHEMAS: dict[str, dict] = {
                 "windows": _COUNT,
                 "voiced_windows": _COUNT,
                 "dropped_windows": _COUNT,
+                # What the source itself reports, e.g. a microphone's input overflows and
+                # ring-buffer drops: {"overflows": 0, "dropped_frames": 0}.
+                "source_stats": {"type": "object",
+                                 "additionalProperties": {"type": "number", "minimum": 0}},
             },
             "required": ["stream", "state", "lag_s", "t_processed_s", "windows",
                          "voiced_windows", "dropped_windows"],
@@ -554,12 +558,17 @@ def explanation(stream: str, seq: int, class_: str, method: str, metrics: Mappin
 
 
 def stream_status(stream: str, state: str, lag_s: float | None, t_processed_s: float,
-                  windows: int, voiced_windows: int, dropped_windows: int) -> dict:
+                  windows: int, voiced_windows: int, dropped_windows: int,
+                  source_stats: Mapping[str, float] | None = None) -> dict:
     """One stream's health line inside ``status``."""
-    return {"stream": stream, "state": state,
-            "lag_s": None if lag_s is None else float(lag_s),
-            "t_processed_s": float(t_processed_s), "windows": int(windows),
-            "voiced_windows": int(voiced_windows), "dropped_windows": int(dropped_windows)}
+    out = {"stream": stream, "state": state,
+           "lag_s": None if lag_s is None else float(lag_s),
+           "t_processed_s": float(t_processed_s), "windows": int(windows),
+           "voiced_windows": int(voiced_windows), "dropped_windows": int(dropped_windows)}
+    if source_stats:
+        out["source_stats"] = {str(k): v for k, v in source_stats.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
 
 
 def status(streams: Sequence[Mapping], clients: Sequence[Mapping], uptime_s: float,
@@ -663,7 +672,9 @@ EXAMPLES: dict[str, dict] = {
     "prediction": prediction("s1", 0, 0.0, 3.0, _EX_T0,
                              [0.62, 0.03, 0.1, 0.05, 0.1, 0.05, 0.05], 18.4, _CLASSES),
     "explanation": _example_explanation(),
-    "status": status([stream_status("s1", "running", 0.02, 3.5, 2, 2, 0)],
+    "status": status([stream_status("s1", "running", 0.02, 3.5, 2, 2, 0),
+                      stream_status("mic", "running", 0.01, 3.5, 2, 1, 0,
+                                    {"overflows": 0, "dropped_frames": 0})],
                      [{"client_id": "c1", "queued": 0, "dropped_messages": 0}], 4.0,
                      wall_time=_EX_T0 + 1),
     "stream_started": stream_started(_EX_INFO, ref="r1"),
