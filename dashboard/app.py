@@ -320,20 +320,20 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
     limits = (feed.store.source(url).hello or {}).get("limits") or {}
     max_bytes = int(min(cfg.max_upload_mb * 2**20,
                         limits.get("max_upload_bytes") or DEFAULT_MAX_UPLOAD_BYTES))
-    how = st.radio("File", ["Upload", "Path on the daemon"], horizontal=True)
+    how = st.radio("File", ["Upload", "Path on the daemon"], horizontal=True, key="replay_how")
     upload = path = None
     if how == "Upload":
         upload = st.file_uploader(f"WAV or FLAC, up to {max_bytes / 2**20:.0f} MiB",
                                   type=["wav", "flac"])
     else:
         path = st.text_input("Path (relative to the daemon's allowed directory)",
-                             placeholder="tess_stream/YAF_dog_sad.flac")
+                             placeholder="tess_stream/YAF_dog_sad.flac", key="replay_path")
     c1, c2, c3 = st.columns(3)
     speed = c1.select_slider("Speed", options=list(SPEEDS), value=1.0,
                              format_func=lambda v: "as fast as possible" if v == 0 else f"{v:g}×")
     loop = c2.checkbox("Loop")
     split = c3.checkbox("Split channels (agent / caller)")
-    if not st.button("▶ Replay", type="primary"):
+    if not st.button("▶ Replay", type="primary", key="replay_go"):
         return
     request_id = f"replay-{int(time.time() * 1000) % 10**9}"
     try:
@@ -391,7 +391,9 @@ def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
     if not files:
         st.info(f"No session log in `{directory}` yet. The daemon writes one per run.")
         return
-    path = st.selectbox("Session", files, format_func=_session_name)
+    path = st.selectbox("Session", files, format_func=lambda p: p.name,
+                        help="Newest first. A session still running can be opened too.")
+    st.caption(_session_name(path))
     try:
         session = _load_session(path, rules)
     except (OSError, ValueError) as exc:
@@ -456,7 +458,7 @@ def _load_session(path: Path, rules: list[Any]) -> Session:
 
 def _session_name(path: Path) -> str:
     stat = path.stat()
-    return (f"{path.name} · {datetime.fromtimestamp(stat.st_mtime):%Y-%m-%d %H:%M} · "
+    return (f"last written {datetime.fromtimestamp(stat.st_mtime):%Y-%m-%d %H:%M:%S} · "
             f"{stat.st_size / 1024:.0f} KiB")
 
 
