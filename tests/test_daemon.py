@@ -14,6 +14,7 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed
 
 from streamer import protocol
+from streamer.daemon import Daemon
 from streamer.model import ServedModel
 from streamer.sessionlog import read_session
 from streamer.sources import Chunk, FileSource, Source, SourceError
@@ -251,12 +252,38 @@ def _messages_from(url_: str, n_predictions: int, out: list, done: threading.Eve
         done.set()
 
 
+@pytest.mark.timeout(60)
+def test_sigint_in_process(tmp_path, tiny_model_path, tess_dir):
+    """SIGINT (Ctrl-C) to a daemon running in this process: run() returns 0, the stream ends
+    with "shutdown", the client is closed with 1001."""
+    import os
+
+    files = tess_files(tess_dir, 1)
+    cfg = make_config(tmp_path, tiny_model_path)
+
+    async def main():
+        daemon = Daemon(cfg, [FileSource(files, 16000, name="ctrlc", speed=2, loop=True)])
+        task = asyncio.create_task(daemon.run())
+        await daemon.wait_ready()
+        async with client(daemon) as c:
+            await c.until(lambda m: m["type"] == "prediction")
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await c.recv()
+            return await asyncio.wait_for(task, 30), c, closed.value
+
+    rc, c, closed = asyncio.run(main())
+    assert rc == 0 and closed.rcvd is not None and closed.rcvd.code == 1001
+    assert c.of("stream_ended", "ctrlc")[0]["reason"] == "shutdown"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
 def test_signal_mid_stream_clean_exit(tmp_path, tiny_model_path, tess_dir, sig):
-    """SIGTERM/SIGINT mid-stream: exit 0, streams end with "shutdown", clients closed with
-    1001, and the log is complete (everything the client got, no partial line)."""
+    """SIGTERM mid-stream to the CLI daemon: exit 0, streams end with "shutdown", clients
+    closed with 1001, and the log is complete (everything the client got, no partial line)."""
     files = tess_files(tess_dir, 2)
     d = DaemonProcess(["--replay", *map(str, files), "--loop", "--speed", "2",
                        "--model", str(tiny_model_path), "--device", "cpu", "--vad", "energy",
