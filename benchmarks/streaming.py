@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -296,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                 "allowed": str(allowed), "sessions": str(tmp / "sessions")}
         result: dict[str, Any] = {
             "machine": machine(args.threads),
-            "settings": {"model": model_name, "model_path": model, "device": args.device,
+            "settings": {"model": model_name, "model_path": model,
+                         "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
+                         "device": args.device,
                          "hop_s": 0.5, "window_s": 3.0, "replay": "TESS files, 0.5 s gaps",
                          "latency_s": args.latency_s, "bulk_files": args.bulk_files,
                          "trial_s": args.trial_s},
