@@ -36,8 +36,8 @@ class Engine:
 
     ``latency_ms`` is measured from ``window.arrived`` (the moment the window's last sample
     entered the daemon) to when its prediction is built, i.e. just before it is handed to the
-    server; predictions are emitted before the batch's Grad-CAM runs, so explanations never
-    delay them.
+    server. A batch's predictions are emitted before its Grad-CAM runs; a later batch waits
+    for the worker, so Grad-CAM delays predictions only when it can't keep up.
     """
 
     def __init__(self, model: ServedModel, vad: VadConfig | None = VadConfig(),
