@@ -42,6 +42,7 @@ DEFAULT_ORIGINS = ("http://localhost:8501", "http://127.0.0.1:8501")
 TOKEN_ENV = "EMOTION_MONITOR_TOKEN"
 # Messages a subscription filter never hides: every client must learn about streams and errors.
 ALWAYS_DELIVERED = frozenset({"stream_started", "stream_ended", "error"})
+MAX_UNREAD_REPLIES = 64
 
 
 class ConfigError(ValueError):
@@ -129,6 +130,12 @@ class Client:
         self.wake.set()
 
     def reply(self, msg: dict) -> None:
+        """Queue a reply to this client's own request. Replies skip the broadcast queue, but a
+        client that sends requests without reading the replies cannot grow memory without
+        bound: past ``MAX_UNREAD_REPLIES`` the oldest reply goes (counted)."""
+        if len(self.control) >= MAX_UNREAD_REPLIES:
+            self.control.popleft()
+            self.dropped += 1
         self.control.append(protocol.encode(msg))
         self.wake.set()
 

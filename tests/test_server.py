@@ -316,3 +316,49 @@ def test_fifty_clients_come_and_go(tmp_path, tiny_model_path, tess_dir):
 def test_client_builders_roundtrip_upload():
     m = protocol.replay(upload_name="a.wav", upload_data=b"abc", speed=2)
     assert base64.b64decode(m["upload"]["data"]) == b"abc"
+
+
+def test_client_queue_bounds():
+    """The per-client queues themselves: the oldest broadcast goes first; unread replies are
+    bounded too."""
+    from streamer.server import MAX_UNREAD_REPLIES, Client
+
+    async def main():
+        c = Client("c1", ws=None, queue_size=4)
+        for i in range(10):
+            c.offer(str(i))
+        for i in range(MAX_UNREAD_REPLIES + 6):
+            c.reply(protocol.pong(ref=i))
+        return c
+
+    c = asyncio.run(main())
+    assert list(c.queue) == ["6", "7", "8", "9"]
+    assert len(c.control) == MAX_UNREAD_REPLIES and c.dropped == 6 + 6
+    assert json.loads(c.control[0])["ref"] == 6
+    assert not c.wants("prediction", "s2") or c.streams is None
+    c.streams, c.types = {"s1"}, {"prediction"}
+    assert c.wants("prediction", "s1") and not c.wants("prediction", "s2")
+    assert not c.wants("explanation", "s1") and not c.wants("status", None)
+    assert c.wants("stream_ended", "s2") and c.wants("error", None)
+
+
+@pytest.mark.timeout(60)
+def test_subscribe_filters_streams_and_types(tmp_path, tiny_model_path, tess_dir):
+    files = tess_files(tess_dir, 2)
+    cfg = make_config(tmp_path, tiny_model_path, explain_every=1)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            ack = await c.request(protocol.subscribe(["b"], types=["prediction"], id="sub"))
+            await daemon._start_source(FileSource(files[:1], 16000, name="a", speed=0))
+            await daemon._start_source(FileSource(files[1:], 16000, name="b", speed=0))
+            for s in ("a", "b"):
+                await c.until(lambda m, s=s: m["type"] == "stream_ended" and m["stream"] == s,
+                              seen=True)
+            return ack, c
+
+    ack, c = asyncio.run(main())
+    assert ack["type"] == "ack" and ack["streams"] == ["b"]
+    assert c.of("prediction", "b") and not c.of("prediction", "a")
+    assert not c.of("explanation") and not c.of("status")
+    assert {m["stream"] for m in c.of("stream_ended")} == {"a", "b"}  # always delivered
