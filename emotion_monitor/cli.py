@@ -23,9 +23,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 EPILOG = """examples:
-  emotion-monitor demo                              # replay the bundled example stream on the dashboard
+  emotion-monitor demo                        # the example stream on the live dashboard
+  emotion-monitor stream --replay call.wav    # serve predictions for a recording over websockets
   emotion-monitor corpus summarize ../shared/data/tess
-  emotion-monitor <command> --help                  # what each command does, with an example
+  emotion-monitor COMMAND --help              # what each command does, with an example
 """
 
 
