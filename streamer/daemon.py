@@ -220,7 +220,18 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM, ``request_stop()``, or (``exit_when_done``) all ended."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._load)
+        # Handlers first: a signal while the model loads still means a clean stop.
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+        try:
+            await loop.run_in_executor(self._pool, self._load)
+        except BaseException:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            raise
         self._pending = _Pending(self.config.max_pending_windows)
         self.log = SessionLog(self.config.sessions_dir, self.session_id)
         if self.config.record_audio:
@@ -228,11 +239,6 @@ class Daemon:
                                           self.model.sample_rate)
         self._publish(self.hello(None), broadcast=False)
         self.server = Server(self.config.server, self.hello, self._on_request)
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
-                installed.append(sig)
         infer = asyncio.create_task(self._infer_loop(), name="inference")
         status = asyncio.create_task(self._status_loop(), name="status")
         try:
