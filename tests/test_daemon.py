@@ -411,3 +411,41 @@ def test_cuda_inference_matches_cpu(tmp_path, tiny_model_path, tess_dir):
             got = [p["probabilities"][k] for k in cpu.classes]
             np.testing.assert_allclose(got, probs[p["seq"]], atol=1e-4)
     assert c.of("explanation")
+
+
+@pytest.mark.timeout(60)
+def test_paced_stream_drops_oldest_windows_when_inference_lags(tmp_path, tiny_model_path,
+                                                                tess_dir):
+    """A paced source never waits for inference: with a slow engine the oldest waiting windows
+    are dropped and counted (status dropped_windows), and what is sent stays in order."""
+    from streamer.engine import Engine
+
+    model = ServedModel.load(tiny_model_path, "cpu")
+
+    class SlowEngine(Engine):
+        def process(self, windows, emit=None):
+            time.sleep(0.15)
+            return super().process(windows, emit)
+
+    files = tess_files(tess_dir, 3)
+    cfg = make_config(tmp_path, tiny_model_path, max_pending_windows=2, max_batch=1)
+    engine = SlowEngine(model, vad=None, explain_every=0, max_batch=1)
+
+    async def main():
+        daemon = Daemon(cfg, [], model=model, engine=engine)
+        task = asyncio.create_task(daemon.run())
+        await daemon.wait_ready()
+        async with client(daemon) as c:
+            await daemon._start_source(FileSource(files, 16000, name="fast", speed=20))
+            await c.until(lambda m: m["type"] == "stream_ended")
+            status = await c.until(lambda m: m["type"] == "status")
+        daemon.request_stop()
+        assert await task == 0
+        return c, status
+
+    c, status = asyncio.run(main())
+    seqs = [p["seq"] for p in c.of("prediction", "fast")]
+    row = next(s for s in status["streams"] if s["stream"] == "fast")
+    assert row["dropped_windows"] > 0
+    assert seqs == sorted(seqs) and len(seqs) + row["dropped_windows"] == seqs[-1] + 1
+    assert c.of("stream_ended", "fast")[0]["windows"] == len(seqs)
