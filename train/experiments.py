@@ -540,6 +540,7 @@ def table_row(results: dict[str, Any]) -> dict[str, Any]:
         "paper_accuracy": paper["accuracy"] if results["protocol"] == "cv5" else None,
         "paper_metric": paper["kind"] if paper["accuracy"] is not None else None,
         "epochs": epochs,
+        "batch_size": cfg["run"]["batch_size"] or None,
         "paper_epochs": paper["epochs"] if cfg["model"] != "logreg" else None,
         "reduced_epochs": reduced,
         "norm": cfg["run"]["norm"],

@@ -109,6 +109,9 @@ def register(sub: Any) -> None:
                        help="comma-separated (default: all three)")
     paper.add_argument("--epochs-for", action="append", default=[], metavar="MODEL=N",
                        help="fewer epochs than the paper's for one model (repeatable)")
+    paper.add_argument("--batch-size", type=int, default=None,
+                       help="batch size for every model of this command (default: the paper's "
+                       "or 32)")
     paper.add_argument("--publish", default=None, metavar="DIR",
                        help="also write DIR/tess.json and DIR/README.md (e.g. docs/results)")
     paper.add_argument("-o", "--out", default="runs/paper", help="folder for all runs")
@@ -172,6 +175,7 @@ def _paper(args: argparse.Namespace) -> int:
             cfg = default_config(
                 args.data, model, protocol, epochs=epochs_for.get(model), seed=args.seed,
                 norm=args.norm, max_folds=args.max_folds, per_class_limit=args.per_class_limit,
+                batch_size=args.batch_size,
             )
             suffix = "" if args.norm == "fold" else f"-{args.norm}-norm"
             res = run_experiment(cfg, out / f"{model}-{protocol}{suffix}", device=args.device,
@@ -198,15 +202,23 @@ def _write_table(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
     if publish:
         # Merge into what is published: a row is replaced only by the same (model, protocol,
         # norm), so tables made by several commands (e.g. reduced epochs for slow models) add up.
+        import fcntl  # several `train paper` commands may publish at once
+
         pub = Path(publish)
         pub.mkdir(parents=True, exist_ok=True)
         table = pub / "tess.json"
-        old = json.loads(table.read_text()) if table.exists() else []
-        mine = {(r["model"], r["protocol"], r["norm"]) for r in rows}
-        merged = [r for r in old if (r["model"], r["protocol"], r["norm"]) not in mine] + rows
-        order = {m: i for i, m in enumerate(MODEL_CHOICES)}
-        proto = {p: i for i, p in enumerate(PROTOCOL_CHOICES)}
-        merged.sort(key=lambda r: (order.get(r["model"], 99), proto.get(r["protocol"], 9),
-                                   r["norm"]))
-        table.write_text(json.dumps(merged, indent=2) + "\n")
-        write_markdown(merged, pub / "README.md")
+        with open(pub / ".tess.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _merge_publish(table, rows, write_markdown)
+
+
+def _merge_publish(table: Path, rows: list[dict[str, Any]], write_markdown: Any) -> None:
+    old = json.loads(table.read_text()) if table.exists() else []
+    mine = {(r["model"], r["protocol"], r["norm"]) for r in rows}
+    merged = [r for r in old if (r["model"], r["protocol"], r["norm"]) not in mine] + rows
+    order = {m: i for i, m in enumerate(MODEL_CHOICES)}
+    proto = {p: i for i, p in enumerate(PROTOCOL_CHOICES)}
+    merged.sort(key=lambda r: (order.get(r["model"], 99), proto.get(r["protocol"], 9),
+                               r["norm"]))
+    table.write_text(json.dumps(merged, indent=2) + "\n")
+    write_markdown(merged, table.parent / "README.md")

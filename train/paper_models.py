@@ -197,12 +197,13 @@ def _vit(n_classes: int = 7, **config: Any) -> nn.Module:
     """timm ViT on [B, 1, 128, 128] log-mel images, from scratch by default.
 
     The paper fine-tuned a pretrained ViT (98 %). No weights can be downloaded here, so the
-    default is a small ViT (patch 16, width 192, depth 4, 3 heads: ~1.8 M parameters) that trains
-    on a CPU; ``--init-weights FILE`` loads a local checkpoint (see ``load_init_weights``).
+    default is a small ViT (patch 16 -> 64 patches, width 96, depth 4, 4 heads: ~0.5 M
+    parameters) that trains on a shared 2-core CPU; ``--init-weights FILE`` loads a local
+    checkpoint (see ``load_init_weights``; pass ``--model-config`` matching its architecture).
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    cfg = dict(img_size=IMAGE_SIZE, patch_size=16, in_chans=1, embed_dim=192, depth=4, num_heads=3)
+    cfg = dict(img_size=IMAGE_SIZE, patch_size=16, in_chans=1, embed_dim=96, depth=4, num_heads=4)
     cfg.update(config)
     return VisionTransformer(num_classes=n_classes, **cfg)
 
@@ -216,9 +217,9 @@ def _beit(n_classes: int = 7, **config: Any) -> nn.Module:
         img_size=IMAGE_SIZE,
         patch_size=16,
         in_chans=1,
-        embed_dim=192,
+        embed_dim=96,
         depth=4,
-        num_heads=3,
+        num_heads=4,
         use_abs_pos_emb=False,
         use_rel_pos_bias=True,
     )
