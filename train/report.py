@@ -215,10 +215,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], command: str = "") -> str:
     """The results as a markdown table (plus the command that made them)."""
     lines = [
         "| model | protocol | folds | held-out acc (mean ± std) | train acc | weighted F1 "
-        "| paper | epochs (paper's) | norm | train s (total) | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| paper | epochs (paper's) | batch | norm | train s (total) | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        folds = str(r["folds"])
+        if r["protocol"] != "speaker-independent" and r["folds"] < 5:
+            folds += " of 5 **reduced**"
         epochs = "—" if r.get("paper_epochs") is None else (
             f"{r['epochs']} ({r['paper_epochs']})" + (" **reduced**" if r["reduced_epochs"] else "")
         )
@@ -226,9 +229,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], command: str = "") -> str:
         if r["paper_accuracy"] is not None and "TRAINING" in (r.get("paper_metric") or ""):
             paper += " (train)"
         lines.append(
-            f"| {r['model']} | {r['protocol']} | {r['folds']} | {100 * r['accuracy_mean']:.2f} ± "
+            f"| {r['model']} | {r['protocol']} | {folds} | {100 * r['accuracy_mean']:.2f} ± "
             f"{100 * r['accuracy_std']:.2f} | {100 * r['train_accuracy_mean']:.2f} | "
-            f"{100 * r['f1_weighted_mean']:.2f} | {paper} | {epochs} | {r['norm']} | "
+            f"{100 * r['f1_weighted_mean']:.2f} | {paper} | {epochs} | "
+            f"{r.get('batch_size') or '—'} | {r['norm']} | "
             f"{r['train_seconds']} | {r['device']} |"
         )
     commands = [command] if command else list(dict.fromkeys(
