@@ -152,11 +152,14 @@ def _stream(args: argparse.Namespace) -> int:
                   "--mic-device)", file=sys.stderr)
             return 2
     from streamer.server import DEFAULT_ORIGINS, TOKEN_ENV, ConfigError, ServerConfig, check_bind
+    from streamer.sessionlog import check_session_id
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:  # before torch is imported: a refused bind should not take seconds
         check_bind(args.host, token)
-    except ConfigError as exc:
+        if args.session_id is not None:
+            check_session_id(args.session_id)
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import torch

@@ -34,7 +34,8 @@ def new_session_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def _check_id(session_id: str) -> str:
+def check_session_id(session_id: str) -> str:
+    """A session id is a file name: letters, digits, "-" and "_" only (no paths)."""
     if not session_id or any(c not in _ID_CHARS for c in session_id):
         raise ValueError(f"invalid session id {session_id!r}")
     return session_id
@@ -45,7 +46,7 @@ class SessionLog:
 
     def __init__(self, directory: str | Path, session_id: str) -> None:
         self.directory = Path(directory)
-        self.session_id = _check_id(session_id)
+        self.session_id = check_session_id(session_id)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / f"{session_id}.jsonl"
         # O_APPEND: every write lands at the end even if something else appends; never truncated.
@@ -120,7 +121,7 @@ def read_session(path: str | Path) -> SessionRead:
 def session_path(directory: str | Path, session_id: str) -> Path:
     """The log of ``session_id`` (a unique prefix is enough)."""
     directory = Path(directory)
-    exact = directory / f"{_check_id(session_id)}.jsonl"
+    exact = directory / f"{check_session_id(session_id)}.jsonl"
     if exact.is_file():
         return exact
     matches = sorted(directory.glob(f"{session_id}*.jsonl"))
@@ -192,7 +193,7 @@ class AudioRecorder:
     ``sessions/<session-id>/<stream>.flac``."""
 
     def __init__(self, directory: str | Path, session_id: str, sample_rate: int) -> None:
-        self.directory = Path(directory) / _check_id(session_id)
+        self.directory = Path(directory) / check_session_id(session_id)
         self.sample_rate = int(sample_rate)
         self._files: dict[str, Any] = {}
 
