@@ -99,6 +99,10 @@ def test_a_killed_run_resumes_from_its_finished_folds(
     res = run_experiment(cfg, run, cache_dir=cache_dir, progress=False, write_report=False)
     assert res["folds"][0]["train_seconds"] == 12345.0
     assert (run / "folds" / "fold1.json").exists()
+    # --max-folds is not part of the key: a shorter run reuses the finished folds.
+    cfg1 = default_config(tess_dir, "logreg", "cv5", per_class_limit=SMOKE_LIMIT, max_folds=1)
+    res1 = run_experiment(cfg1, run, cache_dir=cache_dir, progress=False, write_report=False)
+    assert [f["train_seconds"] for f in res1["folds"]] == [12345.0]
     # Different settings do not reuse old folds.
     cfg2 = default_config(tess_dir, "logreg", "cv5", per_class_limit=SMOKE_LIMIT, max_folds=2,
                           seed=1)

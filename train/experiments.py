@@ -67,7 +67,10 @@ class RunConfig:
     def key(self) -> str:
         """Hash of the settings that change fold results (device and paths excluded)."""
         d = asdict(self)
+        # Fold i's result does not depend on how many folds run, so --max-folds 2 then a full
+        # run reuses folds 0-1; the final model is not a fold.
         d.pop("final_model")
+        d.pop("max_folds")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
