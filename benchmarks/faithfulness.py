@@ -23,6 +23,13 @@ they stay in the top-box and deletion figures with random tie-breaking (no advan
   (most activated first) vs in random order; area under each curve (lower = more faithful).
 Results are reported per true class and overall; JSON on stdout (and ``--out``), a one-line
 summary last, and a Plotly HTML of the deletion curves next to the JSON.
+
+Measured here (2026-11-21, defaults: fold model 5 epochs on 120 training clips per class,
+channels 8-16-24-32, 90 % accuracy on the 140 held-out clips explained): top-CAM box drop
+0.262 vs random 0.052 (5.1x, bar passes overall); deletion AUC 0.38 (CAM order) vs 0.68
+(random order). Per class the bar passes for angry, fear, neutral, sad and fails for disgust,
+happy, surprise (masking their top-CAM box does not lower confidence). A weaker model (4 epochs,
+60 clips per class, 66 %) gave only 2.0x with 18 % all-zero CAMs: faithfulness follows the model.
 """
 
 from __future__ import annotations
@@ -217,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="a model NOT trained on the fold's test clips "
                    "(default: train one, cached in runs/faithfulness/)")
     p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the quick fold model")
-    p.add_argument("--train-per-class", type=int, default=80,
+    p.add_argument("--epochs", type=int, default=5, help="epochs of the quick fold model")
+    p.add_argument("--train-per-class", type=int, default=120,
                    help="training clips per class for the quick fold model (0: all)")
     p.add_argument("--channels", type=int, nargs="*", default=[8, 16, 24, 32],
                    help="conv widths of the quick fold model")
