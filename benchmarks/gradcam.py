@@ -14,6 +14,12 @@ The engine classifies every window with ``forward`` and then, for explained wind
 Without ``--model`` (or when it is missing) an untrained streaming CNN-LSTM of the served
 architecture is scripted here: the cost does not depend on the weights. Prints JSON (machine,
 settings, medians, p95s) and a one-line summary.
+
+Measured here (2026-11-21, 2 threads on a 2-core machine shared with ~8 other jobs, load
+average 8): forward median 8.4 ms (min 1.9); Grad-CAM median 54 ms (min 18, CPU 36 ms);
+payload 0.7 ms; so the bar (<= 15 ms extra) FAILS at the median and is only approached at the
+minimum. Profile of Grad-CAM: the grad-mode conv forward (thnn im2col, kept for backward) and
+oneDNN's LSTM backward are the two largest items. With the confidence drops: 176 ms median.
 """
 
 from __future__ import annotations
