@@ -73,6 +73,12 @@ class RunConfig:
         d.pop("max_folds")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def legacy_key(self) -> str:
+        """The key of fold files written before max_folds left the key (still accepted)."""
+        d = asdict(self)
+        d.pop("final_model")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 def resolve_device(device: str) -> torch.device:
     """auto -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
@@ -457,7 +463,7 @@ def run_experiment(
         path = out / "folds" / f"fold{i}.json"
         if path.exists():
             done = json.loads(path.read_text())
-            if done.get("key") == key:
+            if done.get("key") in (key, cfg.legacy_key()):
                 folds.append(done)
                 continue
         t0 = time.perf_counter()

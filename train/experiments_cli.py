@@ -200,8 +200,7 @@ def _write_table(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
     write_markdown(rows, out / "README.md", command)
     write_table_report(rows, runs, out / "report.html", command)
     if publish:
-        # Merge into what is published: a row is replaced only by the same (model, protocol,
-        # norm), so tables made by several commands (e.g. reduced epochs for slow models) add up.
+        # Merge into what is published, so tables made by several commands add up.
         import fcntl  # several `train paper` commands may publish at once
 
         pub = Path(publish)
@@ -214,11 +213,16 @@ def _write_table(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
 
 def _merge_publish(table: Path, rows: list[dict[str, Any]], write_markdown: Any) -> None:
     old = json.loads(table.read_text()) if table.exists() else []
-    mine = {(r["model"], r["protocol"], r["norm"]) for r in rows}
-    merged = [r for r in old if (r["model"], r["protocol"], r["norm"]) not in mine] + rows
+    # One row per (model, protocol, norm, epochs, batch): a reduced run and a run at the
+    # paper's settings both stay; rerunning the same settings replaces its row.
+    def ident(r: dict[str, Any]) -> tuple:
+        return (r["model"], r["protocol"], r["norm"], r["epochs"], r.get("batch_size"))
+
+    mine = {ident(r) for r in rows}
+    merged = [r for r in old if ident(r) not in mine] + rows
     order = {m: i for i, m in enumerate(MODEL_CHOICES)}
     proto = {p: i for i, p in enumerate(PROTOCOL_CHOICES)}
     merged.sort(key=lambda r: (order.get(r["model"], 99), proto.get(r["protocol"], 9),
-                               r["norm"]))
+                               r["norm"], r["epochs"]))
     table.write_text(json.dumps(merged, indent=2) + "\n")
     write_markdown(merged, table.parent / "README.md")
