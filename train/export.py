@@ -134,13 +134,16 @@ def _streaming_metrics(metrics: dict) -> dict:
         entry = {"protocol": name, "folds": m["n_folds"],
                  "complete": expected is None or m["n_folds"] >= expected,
                  "accuracy_mean": m["accuracy"]["mean"], "accuracy_std": m["accuracy"]["std"],
-                 "uar_mean": m["uar"]["mean"]}
+                 "accuracy_folds": m["accuracy"]["folds"], "uar_mean": m["uar"]["mean"]}
+        if name == "speaker-independent":
+            entry["test_speakers"] = m.get("test_speakers")
         out[name] = entry
         if "stream_accuracy" in m:
             out.setdefault("stream", {})[f"after {name} training"] = {
                 "protocol": m["stream_protocol"] + f" (held-out folds of {name})",
                 "window_accuracy_mean": m["stream_accuracy"]["mean"],
                 "window_accuracy_std": m["stream_accuracy"]["std"],
+                "window_accuracy_folds": m["stream_accuracy"]["folds"],
             }
     return out
 
@@ -173,8 +176,9 @@ def streaming_from_run(run_dir: Path) -> tuple[nn.Module, dict]:
                          f"{model_config.channels[-1]}, n_mels/8, frames/8]",
         "parameters": count_parameters(model),
         "training": {"corpus": raw.get("corpus"),
-                     "protocol": "all utterances (final model); configuration chosen by the "
-                                 "cross-validation figures in metrics",
+                     "protocol": "all utterances (final model); the metrics are the "
+                                 "held-out figures of this exact configuration under each "
+                                 "protocol (one model per fold)",
                      "epochs": train_config.epochs, "batch_size": train_config.batch_size,
                      "lr": train_config.lr, "seed": train_config.seed,
                      "augmentation": train_config.augment.to_dict()},

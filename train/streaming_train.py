@@ -221,6 +221,7 @@ def summarize(protocol: str, results: list[dict]) -> dict:
         return {"mean": float(a.mean()), "std": float(a.std()), "folds": [float(v) for v in a]}
 
     summary = {"protocol": protocol, "n_folds": len(results),
+               "test_speakers": [r.get("test_speakers") for r in results],
                "accuracy": stats([r["clip"]["accuracy"] for r in results]),
                "uar": stats([r["clip"]["uar"] for r in results])}
     if all("stream" in r for r in results) and results:
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-window normalisation of the log-mel (band: per mel band)")
     p.add_argument("--freq-shift", type=int, default=AugmentConfig.freq_shift,
                    help="augment: random mel-axis shift of up to +-N bins")
+    p.add_argument("--speed", type=float, nargs=3, default=None, metavar=("LO", "HI", "P"),
+                   help="augment: speed perturbation factor range and probability")
     p.add_argument("--stream-clips", type=int, default=600,
                    help="at most this many held-out clips per fold go into the stream")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -291,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         model_config = replace(model_config, channels=tuple(args.channels))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       augment=AugmentConfig.none() if args.no_augment
-                      else AugmentConfig(freq_shift=args.freq_shift))
+                      else AugmentConfig(freq_shift=args.freq_shift,
+                                         **({"speed_range": tuple(args.speed[:2]),
+                                             "speed_p": args.speed[2]} if args.speed else {})))
     out: Path = args.out
     write_config(out, model_config, cfg, scan.corpus)
     metrics_path = out / "metrics.json"
