@@ -186,3 +186,15 @@ def test_tiny_training_beats_chance(tess_dir) -> None:
     pred = predict_clips(model, clips[105:], N, torch.device("cpu"))
     acc = float((pred == torch.tensor(y[105:])).float().mean())
     assert acc > 0.3, acc  # chance is 1/7; 0.3 is 3.7 binomial SDs above it
+
+
+def test_band_normalisation_scripts_and_removes_band_means(waves: torch.Tensor) -> None:
+    from dataclasses import replace
+
+    model = StreamingCNNLSTM(replace(TINY, norm="band")).eval()
+    with torch.no_grad():
+        assert torch.allclose(_script(model)(waves), model(waves), atol=1e-5)
+        normed = model.normalize(model.spectrogram(waves))
+    assert normed.mean(dim=3).abs().max() < 1e-4  # every mel band centred over time
+    with pytest.raises(ValueError, match="norm"):
+        StreamingCNNLSTM(replace(TINY, norm="bogus"))
