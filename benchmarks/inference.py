@@ -11,7 +11,9 @@ Prints JSON (machine, settings, medians and p95s) and a one-line summary.
     .venv/bin/python benchmarks/inference.py [models/default.pt] [--repeats 50]
 
 The CPU here is shared: the figures include whatever else runs; ``cpu_load_1min`` says how busy
-the machine was.
+the machine was. ``OMP_WAIT_POLICY`` defaults to PASSIVE here (set it to ACTIVE to compare):
+with the default spinning policy, two threads on a machine whose other core is busy wait for
+each other in every parallel region, and a 5-ms forward took 550 ms (measured, load ~3).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# Must be set before torch starts its OpenMP pool (see the docstring).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -146,6 +151,7 @@ def main() -> None:
                      "explain_method": card.get("explain_method"),
                      "window_s": card["window_s"], "sample_rate": card["sample_rate"],
                      "cpu_threads": args.threads, "repeats": args.repeats,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "batch": args.batch},
         "runs": runs,
     }
@@ -156,7 +162,8 @@ def main() -> None:
               f"{f['cpu_ms_p50']:.1f}), forward+Grad-CAM p50 {g['p50']:.1f} ms (p95 "
               f"{g['p95']:.1f}, CPU {g['cpu_ms_p50']:.1f}), "
               f"{r[f'windows_per_s_batch{args.batch}']:.0f} windows/s at batch {args.batch} "
-              f"[{args.threads} CPU threads, load {result['machine']['cpu_load_1min']:.1f}]")
+              f"[{args.threads} CPU threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+              f"load {result['machine']['cpu_load_1min']:.1f}]")
 
 
 if __name__ == "__main__":
