@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
     "train.experiments_cli",
+    "train.streaming_cli",
     "train.export_cli",
     "streamer.cli",
     "streamer.explain_cli",
