@@ -171,18 +171,23 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     seen: set[str] = st.session_state.get("seen_streams", set())
     new = [k for k in keys if k not in seen and not view.streams[k].ended]
     st.session_state.seen_streams = set(keys)
-    previous = st.session_state.get("stream_picker")
+    previous = st.session_state.get("picked_streams")
     if previous is None:
         running = [k for k in keys if not view.streams[k].ended] or keys
-        st.session_state.stream_picker = running[:MAX_STREAMS_SHOWN]
-    elif new or any(k not in keys for k in previous):
+        wanted = running[:MAX_STREAMS_SHOWN]
+    else:
         kept = [k for k in previous if k in keys]
-        st.session_state.stream_picker = (kept + [k for k in new if k not in kept])[
-            :max(MAX_STREAMS_SHOWN, len(kept))]
+        wanted = (kept + [k for k in new if k not in kept])[:max(MAX_STREAMS_SHOWN, len(kept))]
+    # The widget's key names the streams on offer: a new set of streams draws a fresh picker
+    # with `wanted` as its default, and the user's choice persists while the set is the same.
+    # (Writing a keyed picker's value through session_state from a fragment rerun left it
+    # empty in the browser.)
     picked = st.multiselect(
-        "Streams", keys, format_func=lambda k: view.streams[k].label, key="stream_picker",
+        "Streams", keys, default=wanted, format_func=lambda k: view.streams[k].label,
+        key="stream_picker:" + "|".join(keys),
         help="Agent and caller are separate streams when a call is split by channel.",
     )
+    st.session_state.picked_streams = picked
     if not picked:
         st.caption("Pick a stream to show.")
     for key in picked:

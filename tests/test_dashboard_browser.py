@@ -179,7 +179,7 @@ def test_demo_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Pa
 
     text, traces = state["text"], state["traces"]
     names = {t["name"] for t in traces}
-    classes = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    classes = CLASSES
     # Predictions: the timeline has a trace per class with points in it.
     assert set(classes) <= names, names
     assert max(t["n"] for t in traces if t["name"] in classes) >= 2
@@ -228,18 +228,37 @@ async def drive(devtools_url: str, screenshot: Path, timeout: float = 120.0) -> 
         cdp = DevTools(ws)
         await cdp.call("Emulation.setDeviceMetricsOverride", width=1500, height=1900,
                        deviceScaleFactor=1, mobile=False)
-        deadline = time.monotonic() + timeout
-        state: dict = {}
-        while time.monotonic() < deadline:
-            state = await cdp.js(PAGE_STATE_JS) or {}
-            names = {t["name"] for t in state.get("traces", [])}
-            if "Grad-CAM" in names and "Grad-CAM Analysis for class:" in state.get("text", "") \
-                    and any(m.startswith("Current emotion") for m in state.get("metrics", [])):
-                break
-            await asyncio.sleep(1.0)
-        # A few more live redraws, so the picture has a timeline worth looking at.
+        state = await _wait_until_live(cdp, time.monotonic() + timeout)
+        # A few more live redraws, so the picture has a timeline worth looking at; then wait for
+        # a moment that shows speech again (between clips the page says "no speech", and a
+        # fragment rerun can be mid-draw), so the screenshot and the assertions see one state.
         await asyncio.sleep(6.0)
-        state = await cdp.js(PAGE_STATE_JS) or state
+        state = await _wait_until_live(cdp, time.monotonic() + 30) or state
         shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         return state
+
+
+CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def _live(state: dict) -> bool:
+    """The page shows an explanation and a voiced current emotion with its confidence."""
+    names = {t["name"] for t in state.get("traces", [])}
+    metrics = state.get("metrics", [])
+    current = next((m for m in metrics if m.startswith("Current emotion")), "")
+    return ("Grad-CAM" in names and "Grad-CAM Analysis for class:" in state.get("text", "")
+            and any(c in current for c in CLASSES)
+            and re.search(r"Confidence \d+%", " ".join(metrics)) is not None)
+
+
+async def _wait_until_live(cdp: DevTools, deadline: float) -> dict:
+    """Poll the page until it is live or the deadline passes; returns the last state read
+    ({} if the page never answered)."""
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = await cdp.js(PAGE_STATE_JS) or state
+        if _live(state):
+            break
+        await asyncio.sleep(0.5)
+    return state
