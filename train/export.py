@@ -207,7 +207,25 @@ def reshape_features(feature: str, x: torch.Tensor, image_size: int = IMAGE_SIZE
     return x
 
 
-class VectorServing(nn.Module):
+class WaveServing(nn.Module):
+    """What every exported paper model shares: the raw-window check and ``forward`` as the
+    softmax of ``explain``'s logits (subclasses define ``explain``)."""
+
+    def __init__(self, front: nn.Module, n_samples: int) -> None:
+        super().__init__()
+        self.front = front
+        self.n_samples = n_samples
+
+    def check_input(self, wave: torch.Tensor) -> None:
+        if wave.dim() != 2 or wave.size(1) != self.n_samples:
+            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _, _ = self.explain(wave)
+        return torch.softmax(logits, dim=-1)
+
+
+class VectorServing(WaveServing):
     """A paper model on the 187-value utterance vector, taking the raw window.
 
     No time x frequency map exists, so ``explain`` returns the vector itself as the
@@ -216,14 +234,8 @@ class VectorServing(nn.Module):
     """
 
     def __init__(self, front: nn.Module, net: nn.Module, n_samples: int) -> None:
-        super().__init__()
-        self.front = front
+        super().__init__(front, n_samples)
         self.net = net
-        self.n_samples = n_samples
-
-    def check_input(self, wave: torch.Tensor) -> None:
-        if wave.dim() != 2 or wave.size(1) != self.n_samples:
-            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
 
     @torch.jit.export
     def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,12 +245,8 @@ class VectorServing(nn.Module):
         logits = self.net(spec.reshape(vec.size(0), vec.size(1)))
         return logits, spec, spec
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        logits, _, _ = self.explain(wave)
-        return torch.softmax(logits, dim=-1)
 
-
-class SpectrogramServing(nn.Module):
+class SpectrogramServing(WaveServing):
     """A paper model on a (delta) log-mel, taking the raw window; saliency on its spectrogram.
 
     ``explain`` returns the front-end's output ``[B, C, F, T]`` (for paper 2: static, delta,
@@ -246,15 +254,9 @@ class SpectrogramServing(nn.Module):
     """
 
     def __init__(self, front: nn.Module, net: nn.Module, n_samples: int, feature: str) -> None:
-        super().__init__()
-        self.front = front
+        super().__init__(front, n_samples)
         self.net = net
-        self.n_samples = n_samples
         self.feature = feature
-
-    def check_input(self, wave: torch.Tensor) -> None:
-        if wave.dim() != 2 or wave.size(1) != self.n_samples:
-            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
 
     @torch.jit.export
     def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -262,10 +264,6 @@ class SpectrogramServing(nn.Module):
         spec = self.front(wave)
         logits = self.net(reshape_features(self.feature, spec))
         return logits, spec, spec
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        logits, _, _ = self.explain(wave)
-        return torch.softmax(logits, dim=-1)
 
 
 def _to_grid(tokens: torch.Tensor, prefix: int, gh: int, gw: int) -> torch.Tensor:
@@ -278,7 +276,7 @@ def _from_grid(tokens: torch.Tensor, grid: torch.Tensor, prefix: int) -> torch.T
     return torch.cat([tokens[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
 
 
-class ViTTokenServing(nn.Module):
+class ViTTokenServing(WaveServing):
     """timm ViT on the 128 x 128 log-mel image, taking the raw window.
 
     ``explain`` returns, as activations, the tokens entering the *last* transformer block
@@ -289,18 +287,12 @@ class ViTTokenServing(nn.Module):
     """
 
     def __init__(self, front: nn.Module, net: nn.Sequential, n_samples: int) -> None:
-        super().__init__()
-        self.front = front
+        super().__init__(front, n_samples)
         self.norm_in = net[0]
         self.vit = net[1]
-        self.n_samples = n_samples
         self.prefix = int(self.vit.num_prefix_tokens)
         self.gh, self.gw = (int(g) for g in self.vit.patch_embed.grid_size)
         self.last = len(self.vit.blocks) - 1
-
-    def check_input(self, wave: torch.Tensor) -> None:
-        if wave.dim() != 2 or wave.size(1) != self.n_samples:
-            raise ValueError(f"expected wave[B, {self.n_samples}], got {list(wave.shape)}")
 
     @torch.jit.export
     def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -321,10 +313,6 @@ class ViTTokenServing(nn.Module):
             i += 1
         logits = self.vit.forward_head(self.vit.norm(x))
         return logits, grid, spec
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        logits, _, _ = self.explain(wave)
-        return torch.softmax(logits, dim=-1)
 
 
 class BeitTokenServing(ViTTokenServing):
