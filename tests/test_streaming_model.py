@@ -9,7 +9,7 @@ import torch
 
 from train.augment import AugmentConfig, augment_clip, place, spec_augment
 from train.stream_eval import build_stream, evaluate_stream, voiced_mask, window_labels
-from train.streaming_model import StreamingCNNLSTM, StreamingConfig
+from train.streaming_model import MaxPool2x2, StreamingCNNLSTM, StreamingConfig
 
 TINY = StreamingConfig(channels=(4, 8, 8, 8), lstm_hidden=16)
 N = TINY.n_samples
@@ -85,6 +85,17 @@ def test_gradcam_gradient_reaches_conv_map(model: StreamingCNNLSTM, waves: torch
         logits, acts, _ = scripted.explain(waves)
     (grad,) = torch.autograd.grad(logits[:, 0].sum(), acts)
     assert grad.shape == acts.shape and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (2, 3, 9, 11), (1, 1, 2, 3)])
+def test_maxpool2x2_equals_maxpool2d(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, requires_grad=True)
+    ours, ref = MaxPool2x2()(x), torch.nn.functional.max_pool2d(x, 2)
+    assert torch.equal(ours, ref)
+    g_ours, = torch.autograd.grad(ours.sum(), x)
+    g_ref, = torch.autograd.grad(ref.sum(), x)
+    assert torch.equal(g_ours, g_ref)  # no ties in random data: the same argmax gets it
+    assert torch.equal(torch.jit.script(MaxPool2x2())(x), ref)
 
 
 def test_augment_places_offsets_and_never_digital_silence() -> None:

@@ -63,6 +63,18 @@ class StreamingConfig:
         return StreamingConfig(**d)
 
 
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` (floor mode) as two elementwise maxima: the same values, since a max
+    is exact, and ~10x faster on CPU. Hand-written on purpose: torch 2.11's NCHW max_pool2d
+    kernel took 13 ms on a [16, 16, 64, 76] map against 1.3 ms for this (1 thread, measured
+    here), a fifth of the served model's whole forward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, : x.size(2) // 2 * 2, : x.size(3) // 2 * 2]
+        x = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+        return torch.maximum(x[:, :, :, 0::2], x[:, :, :, 1::2])
+
+
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -88,7 +100,7 @@ class StreamingCNNLSTM(nn.Module):
         for i, c in enumerate(chans):
             blocks.append(_block(c_in, c, config.stem_stride if i == 0 else 1))
             if i < config.pools:  # the later blocks keep the resolution Grad-CAM reads
-                blocks.append(nn.MaxPool2d(2))
+                blocks.append(MaxPool2x2())
             c_in = c
         self.conv = nn.Sequential(*blocks)
         f_out = config.n_mels
