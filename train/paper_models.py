@@ -227,6 +227,33 @@ def _beit(n_classes: int = 7, **config: Any) -> nn.Module:
     return Beit(num_classes=n_classes, **cfg)
 
 
+def keras_init(net: nn.Module) -> nn.Module:
+    """Re-initialise ``net`` as Keras builds the same layers, since the papers trained in Keras.
+
+    Dense and Conv1D: Glorot-uniform kernels, zero biases. LSTM: Glorot-uniform input kernel,
+    orthogonal recurrent kernel, zero biases except the forget gate's, set to 1 (Keras's
+    ``unit_forget_bias``; gate order i, f, g, o is the same in both). PyTorch's defaults
+    (uniform +-1/sqrt(fan) everywhere, forget bias 0) make the 93- and 187-step LSTMs of
+    paper 1 much slower to train.
+    """
+    for mod in net.modules():
+        if isinstance(mod, nn.Linear | nn.Conv1d):
+            nn.init.xavier_uniform_(mod.weight)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.LSTM):
+            for name, param in mod.named_parameters():
+                if name.startswith("weight_ih"):  # [4h, in]: Glorot limit sqrt(6 / (in + 4h))
+                    nn.init.xavier_uniform_(param)
+                elif name.startswith("weight_hh"):  # [4h, h]: Keras's [h, 4h], transposed
+                    nn.init.orthogonal_(param)
+                elif name.startswith("bias"):
+                    nn.init.zeros_(param)
+                    if name.startswith("bias_ih"):
+                        param.data.chunk(4)[1].fill_(1.0)
+    return net
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How a paper trains one model: its input feature, epochs, optimiser settings."""
@@ -324,7 +351,12 @@ def build_model(name: str, n_classes: int = 7, **config: Any) -> nn.Sequential:
         cfg["dense"] = tuple(cfg["dense"])
     if "hidden" in cfg and isinstance(cfg["hidden"], list):
         cfg["hidden"] = tuple(cfg["hidden"])
+    init = cfg.pop("init", "torch")
     net = spec.build(n_classes=n_classes, **cfg)
+    if init == "keras":
+        keras_init(net)
+    elif init != "torch":
+        raise ValueError(f"init must be 'keras' or 'torch', got {init!r}")
     return nn.Sequential(InputNorm(norm_shape(spec.feature)), net)
 
 
