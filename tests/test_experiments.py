@@ -212,5 +212,18 @@ def test_cli_run_and_paper_write_results(tess_dir: Path, cache_dir: Path, tmp_pa
     assert "my notes" in readme and "| logreg | cv5 |" in readme and "STALE-TABLE" not in readme
     assert (tmp_path / "paper" / "report.html").exists()
 
+    # A variant (constructor overrides) is a row of its own, labelled with its settings.
+    rc = main(["train", "paper", "--models", "logreg", "--protocols", "cv5",
+               "--model-config", 'logreg={"C": 0.5}', "-o", str(tmp_path / "paper-c"),
+               "--publish", str(pub), *common])
+    assert rc == 0
+    rows = json.loads((pub / "tess.json").read_text())
+    assert [(r["model"], r["protocol"], r["settings"]) for r in rows] == [
+        ("logreg", "cv5", ""), ("logreg", "cv5", "C=0.5"), ("logreg", "speaker-independent", "")
+    ]
+    assert "| C=0.5 |" in (pub / "README.md").read_text()
+    assert main(["train", "paper", "--models", "logreg", "--model-config", "logreg=[1]",
+                 *common]) == 2
+
     with pytest.raises(SystemExit):
         main(["train", "run", "--model", "nope", *common])

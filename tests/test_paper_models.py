@@ -1,4 +1,5 @@
-"""The papers' models: shapes, the documented parameter count, input norm, init weights."""
+"""The papers' models: shapes, the documented parameter count, input norm, Keras-style init,
+init weights."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from train.paper_models import (
     MelLSTM,
     build_model,
     count_parameters,
+    keras_init,
     load_init_weights,
 )
 
@@ -53,6 +55,26 @@ def test_build_model_rejects_unknown_and_non_torch_models() -> None:
         build_model("resnet")
     with pytest.raises(ValueError, match="unknown torch model"):
         build_model("logreg")
+
+
+def test_keras_init_matches_keras_defaults() -> None:
+    torch.manual_seed(0)
+    net = build_model("hybrid", init="keras")[1]
+    lstm, h = net.lstm, net.lstm.hidden_size
+    b_ih, b_hh = lstm.bias_ih_l0.detach(), lstm.bias_hh_l0.detach()
+    assert torch.equal(b_ih[h:2 * h], torch.ones(h))  # unit_forget_bias
+    assert b_ih[:h].abs().sum() == 0 and b_ih[2 * h:].abs().sum() == 0 and b_hh.abs().sum() == 0
+    w_hh = lstm.weight_hh_l0.detach()  # [4h, h], orthogonal columns
+    assert torch.allclose(w_hh.T @ w_hh, torch.eye(h), atol=1e-4)
+    limit = (6.0 / (lstm.input_size + 4 * h)) ** 0.5  # Glorot uniform on Keras's [in, 4h]
+    assert lstm.weight_ih_l0.abs().max() <= limit and lstm.weight_ih_l0.abs().max() > 0.9 * limit
+    assert net.out.bias.abs().sum() == 0 and net.conv[0].bias.abs().sum() == 0
+    torch.manual_seed(0)
+    plain = build_model("hybrid", init="torch")[1]
+    assert plain.lstm.bias_ih_l0.abs().sum() > 0  # torch's default init left alone
+    with pytest.raises(ValueError, match="init"):
+        build_model("hybrid", init="he")
+    assert keras_init(torch.nn.Linear(2, 2)).bias.abs().sum() == 0
 
 
 def test_input_norm_standardises_with_training_statistics() -> None:

@@ -63,10 +63,17 @@ class RunConfig:
     model_config: dict[str, Any] = field(default_factory=dict)
     init_weights: str | None = None
     final_model: bool = False
+    lr_schedule: str = "constant"  # "constant" (Keras's default, the papers') or "cosine"
+
+    def _dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["lr_schedule"] == "constant":  # runs from before the option keep their keys
+            d.pop("lr_schedule")
+        return d
 
     def key(self) -> str:
         """Hash of the settings that change fold results (device and paths excluded)."""
-        d = asdict(self)
+        d = self._dict()
         # Fold i's result does not depend on how many folds run, so --max-folds 2 then a full
         # run reuses folds 0-1; the final model is not a fold.
         d.pop("final_model")
@@ -75,7 +82,7 @@ class RunConfig:
 
     def legacy_key(self) -> str:
         """The key of fold files written before max_folds left the key (still accepted)."""
-        d = asdict(self)
+        d = self._dict()
         d.pop("final_model")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -270,6 +277,11 @@ def train_torch(
         load_init_weights(model, cfg.init_weights)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    # cosine: lr decays to 0 over the run, stepped per epoch (not in the papers: an option)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+             if cfg.lr_schedule == "cosine" else None)
     gen = torch.Generator().manual_seed(seed)
     xv = None if x_val is None else torch.from_numpy(np.ascontiguousarray(x_val, np.float32))
     yv = torch.from_numpy(y_val) if y_val is not None else None
@@ -302,6 +314,8 @@ def train_torch(
             row["val_loss"] = vloss
             row["val_acc"] = float((vpred == y_val).mean())
         history.append(row)
+        if sched is not None:
+            sched.step()
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
     return model, history
 
@@ -556,4 +570,16 @@ def table_row(results: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": round(s["train_seconds_total"], 1),
         "train_seconds_per_fold": round(s["train_seconds_per_fold"], 1),
         "device": cfg["device"],
+        "settings": run_settings(cfg["run"]),
     }
+
+
+def run_settings(run: dict[str, Any]) -> str:
+    """The run's choices beyond the paper's recipe, for the table ("" when none): model
+    overrides (e.g. ``init=keras``, ``bidirectional``) and a non-constant lr schedule."""
+    parts = []
+    for key, value in sorted((run.get("model_config") or {}).items()):
+        parts.append(key if value is True else f"{key}={value}")
+    if run.get("lr_schedule", "constant") != "constant":
+        parts.append(f"lr={run['lr_schedule']}")
+    return ", ".join(parts)

@@ -80,6 +80,8 @@ def register(sub: Any) -> None:
     run.add_argument("--epochs", type=int, default=None, help="default: the paper's")
     run.add_argument("--lr", type=float, default=None, help="default: the paper's")
     run.add_argument("--batch-size", type=int, default=None, help="default: 32")
+    run.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                     help="constant (default; Keras's, the papers') or cosine decay to 0")
     run.add_argument("--model-config", default=None,
                      help='JSON overrides of the model constructor, e.g. \'{"depth": 6}\'')
     run.add_argument("--init-weights", default=None,
@@ -112,6 +114,11 @@ def register(sub: Any) -> None:
     paper.add_argument("--batch-size", type=int, default=None,
                        help="batch size for every model of this command (default: the paper's "
                        "or 32)")
+    paper.add_argument("--model-config", action="append", default=[], metavar="MODEL=JSON",
+                       help="constructor overrides for one model, e.g. "
+                       "'hybrid={\"init\": \"keras\"}' (repeatable; shown in the table)")
+    paper.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                       help="for every model of this command (default constant, the papers')")
     paper.add_argument("--publish", default=None, metavar="DIR",
                        help="also write DIR/tess.json and DIR/README.md (e.g. docs/results)")
     paper.add_argument("-o", "--out", default="runs/paper", help="folder for all runs")
@@ -132,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, seed=args.seed, norm=args.norm,
             max_folds=args.max_folds, per_class_limit=args.per_class_limit,
             model_config=model_config, init_weights=args.init_weights,
-            final_model=args.final_model,
+            final_model=args.final_model, lr_schedule=args.lr_schedule,
         )
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -167,6 +174,18 @@ def _paper(args: argparse.Namespace) -> int:
             print(f"error: --epochs-for wants MODEL=N, got {item!r}", file=sys.stderr)
             return 2
         epochs_for[name] = int(n)
+    config_for: dict[str, dict[str, Any]] = {}
+    for item in args.model_config:
+        name, _, text = item.partition("=")
+        try:
+            config_for[name] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            print(f"error: --model-config {item!r}: {exc}", file=sys.stderr)
+            return 2
+        if name not in MODEL_CHOICES or not isinstance(config_for[name], dict):
+            print(f"error: --model-config wants MODEL=JSON-object, got {item!r}",
+                  file=sys.stderr)
+            return 2
     out = Path(args.out)
     command = "emotion-monitor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rows, runs = [], []
@@ -175,7 +194,8 @@ def _paper(args: argparse.Namespace) -> int:
             cfg = default_config(
                 args.data, model, protocol, epochs=epochs_for.get(model), seed=args.seed,
                 norm=args.norm, max_folds=args.max_folds, per_class_limit=args.per_class_limit,
-                batch_size=args.batch_size,
+                batch_size=args.batch_size, model_config=config_for.get(model, {}),
+                lr_schedule=args.lr_schedule,
             )
             suffix = "" if args.norm == "fold" else f"-{args.norm}-norm"
             res = run_experiment(cfg, out / f"{model}-{protocol}{suffix}", device=args.device,
@@ -216,13 +236,14 @@ def _merge_publish(table: Path, rows: list[dict[str, Any]], write_markdown: Any)
     # One row per (model, protocol, norm, epochs, batch): a reduced run and a run at the
     # paper's settings both stay; rerunning the same settings replaces its row.
     def ident(r: dict[str, Any]) -> tuple:
-        return (r["model"], r["protocol"], r["norm"], r["epochs"], r.get("batch_size"))
+        return (r["model"], r["protocol"], r["norm"], r["epochs"], r.get("batch_size"),
+                r.get("settings") or "")
 
     mine = {ident(r) for r in rows}
     merged = [r for r in old if ident(r) not in mine] + rows
     order = {m: i for i, m in enumerate(MODEL_CHOICES)}
     proto = {p: i for i, p in enumerate(PROTOCOL_CHOICES)}
     merged.sort(key=lambda r: (order.get(r["model"], 99), proto.get(r["protocol"], 9),
-                               r["norm"], r["epochs"]))
+                               r["norm"], r["epochs"], r.get("settings") or ""))
     table.write_text(json.dumps(merged, indent=2) + "\n")
     write_markdown(merged, table.parent / "README.md")

@@ -215,8 +215,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], command: str = "") -> str:
     """The results as a markdown table (plus the command that made them)."""
     lines = [
         "| model | protocol | folds | held-out acc (mean ± std) | train acc | weighted F1 "
-        "| paper | epochs (paper's) | batch | norm | train s (total) | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| paper | epochs (paper's) | batch | norm | settings | train s (total) | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         folds = str(r["folds"])
@@ -232,7 +232,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], command: str = "") -> str:
             f"| {r['model']} | {r['protocol']} | {folds} | {100 * r['accuracy_mean']:.2f} ± "
             f"{100 * r['accuracy_std']:.2f} | {100 * r['train_accuracy_mean']:.2f} | "
             f"{100 * r['f1_weighted_mean']:.2f} | {paper} | {epochs} | "
-            f"{r.get('batch_size') or '—'} | {r['norm']} | "
+            f"{r.get('batch_size') or '—'} | {r['norm']} | {r.get('settings') or '—'} | "
             f"{r['train_seconds']} | {r['device']} |"
         )
     commands = [command] if command else list(dict.fromkeys(
