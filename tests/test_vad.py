@@ -62,6 +62,8 @@ def test_speech_silence_noise(speech: np.ndarray, method: str) -> None:
 def test_sequence_model_equals_silero_streaming_model(tess_dir: Path) -> None:
     """Our block-at-a-time scoring (in uneven chunks, state carried) against silero's own
     TorchScript streaming model stepped one frame at a time: the reference usage."""
+    import warnings
+
     from silero_vad import load_silero_vad
 
     x = np.concatenate([_speech(tess_dir, "back"), np.zeros(SR // 2, np.float32),
@@ -74,7 +76,9 @@ def test_sequence_model_equals_silero_streaming_model(tess_dir: Path) -> None:
         st.fed.append((lo, x[lo:hi]))
         frames, _ = vad._frames(st)
         got += vad._score_silero([(st, frames)])[0].tolist()
-    net = load_silero_vad(onnx=False)
+    with warnings.catch_warnings():  # silero's loader uses a deprecated importlib API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        net = load_silero_vad(onnx=False)
     net.reset_states()
     with torch.inference_mode():
         ref = [float(net(torch.from_numpy(x[i:i + 512]), SR)) for i in range(0, x.size, 512)]
