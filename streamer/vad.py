@@ -9,15 +9,15 @@ so each sample is scored once however much consecutive windows overlap (a 3 s wi
   model: a frame's score depends on the stream's history, so each stream keeps its own LSTM state
   and context. Scoring frames independently was measured to disagree with the stateful scores on
   half the frames of TESS, so we don't. The sequence model scores a block of frames in one call
-  with the same per-frame probabilities as stepping the streaming model frame by frame (within
-  1e-6, tested), at ~0.09 ms of CPU per frame against ~0.4 ms for the TorchScript model stepped
-  from Python (measured on this 2-core box), and onnxruntime releases the GIL while it runs.
+  with the same per-frame probabilities as stepping the streaming model frame by frame (tested
+  within 1e-5; 5e-7 measured on TESS), at ~0.09 ms of CPU per frame against ~0.4 ms for the
+  TorchScript model stepped from Python (measured on this 2-core box), and onnxruntime releases
+  the GIL while it runs.
   With ``feed``, frames are scored in the background as audio arrives, ahead of the window.
   16 kHz only (the rate the sequence model was exported for); other model rates use ``energy``.
 - ``energy``: RMS of each frame above ``energy_db`` dBFS. Microseconds per window and needs no
   model; used when asked for, when silero-vad can't be loaded, or when the model's rate is
-  not 16 kHz. Fooled by loud noise, which is
-  why it is not the default.
+  not 16 kHz. Fooled by loud noise, which is why it is not the default.
 
 A window is voiced when the fraction of its frames scored as speech (silero probability >=
 ``threshold``; energy above ``energy_db``) is at least ``min_voiced``. Zero padding at the end
