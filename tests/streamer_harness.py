@@ -66,6 +66,16 @@ async def running(config: DaemonConfig, sources: list[Any] | None = None
         assert await asyncio.wait_for(task, 30) == 0
 
 
+async def replay_to_end(config: DaemonConfig, files: list[Path], name: str) -> Recorder:
+    """A daemon replaying ``files`` as fast as possible; what a client got until the end."""
+    from streamer.sources import FileSource
+
+    async with running(config) as daemon, client(daemon) as c:
+        await daemon._start_source(FileSource(files, 16000, name=name, speed=0))
+        await c.until(lambda m: m["type"] == "stream_ended")
+        return c
+
+
 def url(daemon: Daemon) -> str:
     return f"ws://127.0.0.1:{daemon.port}/"
 

@@ -24,6 +24,7 @@ from tests.streamer_harness import (
     client,
     copy_files,
     make_config,
+    replay_to_end,
     running,
     tess_files,
 )
@@ -101,13 +102,7 @@ def test_explanations_follow_predictions(tmp_path, tiny_model_path, tess_dir):
     files = tess_files(tess_dir, 2)
     cfg = make_config(tmp_path, tiny_model_path, explain_every=2)
 
-    async def main():
-        async with running(cfg) as daemon, client(daemon) as c:
-            await daemon._start_source(FileSource(files, 16000, name="ex", speed=0))
-            await c.until(lambda m: m["type"] == "stream_ended")
-            return c
-
-    c = asyncio.run(main())
+    c = asyncio.run(replay_to_end(cfg, files, "ex"))
     assert not c.of("error"), c.of("error")
     voiced = [p["seq"] for p in c.of("prediction") if p["voiced"]]
     expl = c.of("explanation")
@@ -395,13 +390,7 @@ def test_cuda_inference_matches_cpu(tmp_path, tiny_model_path, tess_dir):
     files = tess_files(tess_dir, 1)
     cfg = make_config(tmp_path, tiny_model_path, device="cuda", explain_every=1)
 
-    async def main():
-        async with running(cfg) as daemon, client(daemon) as c:
-            await daemon._start_source(FileSource(files, 16000, name="g", speed=0))
-            await c.until(lambda m: m["type"] == "stream_ended")
-            return c
-
-    c = asyncio.run(main())
+    c = asyncio.run(replay_to_end(cfg, files, "g"))
     assert not c.of("error")
     cpu = ServedModel.load(tiny_model_path, "cpu")
     ref = expected_windows(files, cpu, 0.5)

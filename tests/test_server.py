@@ -218,6 +218,17 @@ def _reader(url: str, out: list, stop: threading.Event) -> None:
                 stop.set()
 
 
+async def _start_reader(daemon, url: str, out: list, clients: int
+                        ) -> tuple[threading.Thread, threading.Event]:
+    """Start ``_reader`` in a thread; return once the server has ``clients`` clients."""
+    done = threading.Event()
+    t = threading.Thread(target=_reader, args=(url, out, done), daemon=True)
+    t.start()
+    while len(daemon.server.clients) < clients:
+        await asyncio.sleep(0.01)
+    return t, done
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_slow_client_loses_oldest_others_unaffected(tmp_path, tiny_model_path, tess_dir):
@@ -235,11 +246,7 @@ def test_slow_client_loses_oldest_others_unaffected(tmp_path, tiny_model_path, t
             async with connect(url, sock=sock, max_queue=1) as slow:
                 slow_id = json.loads(await slow.recv())["client_id"]  # hello; then no reads
                 fast: list = []
-                done = threading.Event()
-                t = threading.Thread(target=_reader, args=(url, fast, done), daemon=True)
-                t.start()
-                while len(daemon.server.clients) < 2:
-                    await asyncio.sleep(0.01)
+                t, done = await _start_reader(daemon, url, fast, clients=2)
                 await daemon._start_source(FileSource(files, 16000, name="s", speed=0))
                 while not done.is_set():
                     await asyncio.sleep(0.05)
@@ -285,11 +292,7 @@ def test_fifty_clients_come_and_go(tmp_path, tiny_model_path, tess_dir):
         async with running(cfg) as daemon:
             url = f"ws://127.0.0.1:{daemon.port}/"
             steady: list = []
-            done = threading.Event()
-            t = threading.Thread(target=_reader, args=(url, steady, done), daemon=True)
-            t.start()
-            while len(daemon.server.clients) < 1:
-                await asyncio.sleep(0.01)
+            t, done = await _start_reader(daemon, url, steady, clients=1)
             await daemon._start_source(FileSource(files, 16000, name="s", speed=3, loop=True))
             rng = random.Random(0)
             hellos = await asyncio.gather(*(churn(url, i, rng) for i in range(50)))
