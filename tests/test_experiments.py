@@ -4,6 +4,7 @@ the CLI, and one real (small) training that must clearly beat chance (1/7)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from train.experiments import (
     default_config,
     resolve_device,
     run_experiment,
+    run_settings,
     speaker_normalise,
     table_row,
+    train_torch,
 )
 from train.paper_models import MODELS, build_model
 from train.splits import PROTOCOLS
@@ -152,6 +155,43 @@ def test_bad_settings_are_clear_errors(tess_dir: Path) -> None:
         default_config(tess_dir, "hybrid", "cv5", norm="global")
     cfg = default_config(tess_dir, "hybrid", "cv5")
     assert (cfg.epochs, cfg.lr, cfg.batch_size) == (50, 1e-3, 32)  # the paper's settings
+
+
+def test_training_options_beyond_the_papers_recipe(tess_dir: Path) -> None:
+    """Options at their default leave the run key alone (old runs still resume); set, they
+    change it and appear in the table's settings column."""
+    base = default_config(tess_dir, "hybrid", "cv5")
+    assert base.key() == default_config(tess_dir, "hybrid", "cv5", label_smoothing=0.0,
+                                        weight_decay=0.0, lr_schedule="constant").key()
+    assert "label_smoothing" not in base._dict() and "weight_decay" not in base._dict()
+    tuned = default_config(tess_dir, "hybrid", "cv5", lr_schedule="cosine", label_smoothing=0.1,
+                           weight_decay=0.05, model_config={"bidirectional": True})
+    assert len({base.key(), tuned.key()}) == 2
+    assert run_settings(asdict(tuned)) == (
+        "bidirectional, lr=cosine, label_smoothing=0.1, weight_decay=0.05")
+    assert run_settings(asdict(base)) == ""
+
+
+def test_weight_decay_shrinks_weights_and_smoothing_softens_targets(tess_dir: Path) -> None:
+    """Same data, seed and epochs: AdamW decay gives a smaller weight norm, and label smoothing
+    keeps the training loss above what plain cross-entropy reaches."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(len(EMOTIONS)), 12)
+    x = rng.normal(0, 1, (len(y), 187)).astype(np.float32) + y[:, None] * 0.5
+    tiny = MODELS["cnn"].tiny
+
+    def fit(**opts: float) -> tuple[float, float]:
+        cfg = default_config(tess_dir, "cnn", "cv5", epochs=30, model_config=tiny, **opts)
+        model, hist = train_torch(cfg, x, y, None, None, torch.device("cpu"), seed=0,
+                                  progress=False)
+        norm = sum(float(p.detach().pow(2).sum()) for p in model.parameters())
+        return norm, hist[-1]["train_loss"]
+
+    plain_norm, plain_loss = fit()
+    decay_norm, _ = fit(weight_decay=5.0)  # lr 1e-3: ~0.995 per step
+    _, smooth_loss = fit(label_smoothing=0.3)
+    assert decay_norm < 0.9 * plain_norm
+    assert smooth_loss > plain_loss + 0.1
 
 
 def test_device_resolution() -> None:

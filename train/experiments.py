@@ -43,6 +43,8 @@ from train.paper_models import MODELS, build_model, count_parameters, load_init_
 from train.splits import PROTOCOLS, make_splits
 
 NORMS: tuple[str, ...] = ("fold", "speaker")
+_LATE_OPTIONS: dict[str, Any] = {"lr_schedule": "constant", "label_smoothing": 0.0,
+                                 "weight_decay": 0.0}
 
 
 @dataclass
@@ -64,11 +66,16 @@ class RunConfig:
     init_weights: str | None = None
     final_model: bool = False
     lr_schedule: str = "constant"  # "constant" (Keras's default, the papers') or "cosine"
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (not in the papers)
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay; 0 is plain Adam, the papers'
 
     def _dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["lr_schedule"] == "constant":  # runs from before the option keep their keys
-            d.pop("lr_schedule")
+        # Options added after the first runs leave the key when at their default, so those
+        # runs keep their keys (and resume).
+        for name, default in _LATE_OPTIONS.items():
+            if d[name] == default:
+                d.pop(name)
         return d
 
     def key(self) -> str:
@@ -276,7 +283,8 @@ def train_torch(
     if cfg.init_weights:
         load_init_weights(model, cfg.init_weights)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = (torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+           if cfg.weight_decay else torch.optim.Adam(model.parameters(), lr=cfg.lr))
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
     # cosine: lr decays to 0 over the run, stepped per epoch (not in the papers: an option)
@@ -298,7 +306,7 @@ def train_torch(
                 xb = _augment_images(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -576,10 +584,14 @@ def table_row(results: dict[str, Any]) -> dict[str, Any]:
 
 def run_settings(run: dict[str, Any]) -> str:
     """The run's choices beyond the paper's recipe, for the table ("" when none): model
-    overrides (e.g. ``init=keras``, ``bidirectional``) and a non-constant lr schedule."""
+    overrides (e.g. ``init=keras``, ``bidirectional``) and training options off their default
+    (``lr=cosine``, ``label_smoothing=0.1``, ``weight_decay=0.01``)."""
     parts = []
     for key, value in sorted((run.get("model_config") or {}).items()):
         parts.append(key if value is True else f"{key}={value}")
     if run.get("lr_schedule", "constant") != "constant":
         parts.append(f"lr={run['lr_schedule']}")
+    for key in ("label_smoothing", "weight_decay"):
+        if run.get(key, _LATE_OPTIONS[key]) != _LATE_OPTIONS[key]:
+            parts.append(f"{key}={run[key]}")
     return ", ".join(parts)

@@ -58,6 +58,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class-limit", type=int, default=None,
                    help="use only the first N files per (speaker, emotion): quick checks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Training options beyond the papers' recipe (shown in the table's settings column).
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant (default; Keras's, the papers') or cosine decay to 0")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="cross-entropy label smoothing (default 0, the papers')")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW decoupled weight decay (default 0: plain Adam, the papers')")
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"lr_schedule": args.lr_schedule, "label_smoothing": args.label_smoothing,
+            "weight_decay": args.weight_decay}
 
 
 def register(sub: Any) -> None:
@@ -80,8 +92,6 @@ def register(sub: Any) -> None:
     run.add_argument("--epochs", type=int, default=None, help="default: the paper's")
     run.add_argument("--lr", type=float, default=None, help="default: the paper's")
     run.add_argument("--batch-size", type=int, default=None, help="default: 32")
-    run.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                     help="constant (default; Keras's, the papers') or cosine decay to 0")
     run.add_argument("--model-config", default=None,
                      help='JSON overrides of the model constructor, e.g. \'{"depth": 6}\'')
     run.add_argument("--init-weights", default=None,
@@ -117,8 +127,6 @@ def register(sub: Any) -> None:
     paper.add_argument("--model-config", action="append", default=[], metavar="MODEL=JSON",
                        help="constructor overrides for one model, e.g. "
                        "'hybrid={\"init\": \"keras\"}' (repeatable; shown in the table)")
-    paper.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                       help="for every model of this command (default constant, the papers')")
     paper.add_argument("--publish", default=None, metavar="DIR",
                        help="also write DIR/tess.json and DIR/README.md (e.g. docs/results)")
     paper.add_argument("-o", "--out", default="runs/paper", help="folder for all runs")
@@ -139,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, seed=args.seed, norm=args.norm,
             max_folds=args.max_folds, per_class_limit=args.per_class_limit,
             model_config=model_config, init_weights=args.init_weights,
-            final_model=args.final_model, lr_schedule=args.lr_schedule,
+            final_model=args.final_model, **_training_options(args),
         )
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -195,7 +203,7 @@ def _paper(args: argparse.Namespace) -> int:
                 args.data, model, protocol, epochs=epochs_for.get(model), seed=args.seed,
                 norm=args.norm, max_folds=args.max_folds, per_class_limit=args.per_class_limit,
                 batch_size=args.batch_size, model_config=config_for.get(model, {}),
-                lr_schedule=args.lr_schedule,
+                **_training_options(args),
             )
             suffix = "" if args.norm == "fold" else f"-{args.norm}-norm"
             res = run_experiment(cfg, out / f"{model}-{protocol}{suffix}", device=args.device,
