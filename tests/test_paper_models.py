@@ -11,6 +11,7 @@ from train.paper_models import (
     MODELS,
     InputNorm,
     MelLSTM,
+    PaperLSTM,
     build_model,
     count_parameters,
     keras_init,
@@ -48,6 +49,20 @@ def test_modified_mel_lstm_has_the_papers_parameter_count() -> None:
 def test_mel_lstm_rejects_an_unknown_variant() -> None:
     with pytest.raises(ValueError, match="variant"):
         MelLSTM(variant="improved")
+
+
+def test_lstm_layouts_read_the_vector_as_187_steps_or_one_step() -> None:
+    x = torch.randn(2, 187)
+    seq, step = PaperLSTM(layout="sequence").eval(), PaperLSTM(layout="step").eval()
+    assert seq.lstm1.input_size == 1 and step.lstm1.input_size == 187
+    assert seq(x).shape == step(x).shape == (2, 7)
+    # Export scripts the model: the scripted layout choice gives the same logits.
+    scripted = torch.jit.script(step)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), step(x), atol=1e-6)
+    with pytest.raises(ValueError, match="layout"):
+        PaperLSTM(layout="time")
+    assert count_parameters(step) > count_parameters(seq)  # 187 input weights per gate unit
 
 
 def test_build_model_rejects_unknown_and_non_torch_models() -> None:

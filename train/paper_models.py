@@ -89,7 +89,10 @@ class PaperLSTM(nn.Module):
     """Paper 1's LSTM on the 187-vector (Table 1: 98.57 %).
 
     LSTM 128 (return sequences) -> LSTM 64 (last step) -> dense 64 relu -> dropout 0.3 ->
-    softmax. The vector is a 187-step sequence of one value per step (Keras ``(187, 1)``).
+    softmax. The paper does not give the input shape. Default ``layout="sequence"``: the
+    vector is a 187-step sequence of one value per step (Keras ``(187, 1)``, the shape its
+    Conv1D models need). ``layout="step"``: one time step of 187 values (Keras ``(1, 187)``),
+    the other reading, under which the LSTMs act as gated dense layers.
     """
 
     def __init__(
@@ -98,16 +101,22 @@ class PaperLSTM(nn.Module):
         hidden: tuple[int, int] = (128, 64),
         dense: int = 64,
         dropout: float = 0.3,
+        layout: str = "sequence",
+        n_features: int = VECTOR_SIZE,
     ) -> None:
         super().__init__()
-        self.lstm1 = nn.LSTM(1, hidden[0], batch_first=True)
+        if layout not in ("sequence", "step"):
+            raise ValueError(f"layout must be 'sequence' or 'step', got {layout!r}")
+        self.layout = layout
+        self.lstm1 = nn.LSTM(1 if layout == "sequence" else n_features, hidden[0],
+                             batch_first=True)
         self.lstm2 = nn.LSTM(hidden[0], hidden[1], batch_first=True)
         self.head = nn.Sequential(
             nn.Linear(hidden[1], dense), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dense, n_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq, _ = self.lstm1(x.unsqueeze(-1))
+        seq, _ = self.lstm1(x.unsqueeze(-1) if self.layout == "sequence" else x.unsqueeze(1))
         seq, _ = self.lstm2(seq)
         return self.head(seq[:, -1])
 
