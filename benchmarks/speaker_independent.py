@@ -82,23 +82,21 @@ def main() -> None:
         "log-mel 187-vector, speaker standardisation": speaker_normalise(logmel, spk),
         "log-mel 187-vector, per-speaker quantile transform": per_speaker_quantile(logmel, spk),
     }
-    results = {}
+    results, probas = {}, {}
     for name, feats in variants.items():
-        accs = []
+        probas[name] = []
         for train, test in splits:
             clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1))
             clf.fit(feats[train], y[train])
-            accs.append(float((clf.predict(feats[test]) == y[test]).mean()))
+            probas[name].append(clf.predict_proba(feats[test]))
+        accs = [float((p.argmax(1) == y[test]).mean())
+                for p, (_, test) in zip(probas[name], splits, strict=True)]
         results[name] = {"test_OAF": accs[0], "test_YAF": accs[1], "mean": float(np.mean(accs))}
     transductive = {}
     for name in ("log-mel 187-vector, speaker standardisation",
                  "log-mel 187-vector, per-speaker quantile transform"):
-        feats, per_split = variants[name], []
-        for train, test in splits:
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1))
-            clf.fit(feats[train], y[train])
-            per_split.append(cluster_and_name(clf.predict_proba(feats[test]), feats[test],
-                                              y[test], len(EMOTIONS)))
+        per_split = [cluster_and_name(p, variants[name][test], y[test], len(EMOTIONS))
+                     for p, (_, test) in zip(probas[name], splits, strict=True)]
         transductive[f"{name}, cluster-and-name"] = {
             "test_OAF": per_split[0], "test_YAF": per_split[1],
             "mean": float(np.mean([p["accuracy"] for p in per_split])),

@@ -589,9 +589,7 @@ def run_settings(run: dict[str, Any]) -> str:
     parts = []
     for key, value in sorted((run.get("model_config") or {}).items()):
         parts.append(key if value is True else f"{key}={value}")
-    if run.get("lr_schedule", "constant") != "constant":
-        parts.append(f"lr={run['lr_schedule']}")
-    for key in ("label_smoothing", "weight_decay"):
-        if run.get(key, _LATE_OPTIONS[key]) != _LATE_OPTIONS[key]:
-            parts.append(f"{key}={run[key]}")
+    for key, default in _LATE_OPTIONS.items():
+        if run.get(key, default) != default:
+            parts.append(f"{'lr' if key == 'lr_schedule' else key}={run[key]}")
     return ", ".join(parts)
