@@ -11,6 +11,7 @@ from train.paper_models import (
     MODELS,
     InputNorm,
     MelLSTM,
+    PaperHybrid,
     PaperLSTM,
     build_model,
     count_parameters,
@@ -63,6 +64,26 @@ def test_lstm_layouts_read_the_vector_as_187_steps_or_one_step() -> None:
     with pytest.raises(ValueError, match="layout"):
         PaperLSTM(layout="time")
     assert count_parameters(step) > count_parameters(seq)  # 187 input weights per gate unit
+
+
+def test_hybrid_step_layout_is_a_one_step_conv_whose_side_taps_see_only_padding() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 187)
+    seq, step = PaperHybrid(layout="sequence").eval(), PaperHybrid(layout="step").eval()
+    conv = step.conv[0]
+    # Keras Conv1D(64, 3, padding="same") on a (1, 187) input: 3 x 187 x 64 weights + 64 biases.
+    assert conv.in_channels == 187 and conv.weight.numel() + conv.bias.numel() == 3 * 187 * 64 + 64
+    with torch.no_grad():
+        out = step(x)
+        assert out.shape == seq(x).shape == (2, 7)
+        # One step: the LSTM runs once (pooling keeps it), and the side taps multiply zeros.
+        assert step.conv(x.unsqueeze(-1)).shape == (2, 64, 1)
+        conv.weight[:, :, 0] = 0.0
+        conv.weight[:, :, 2] = 0.0
+        assert torch.allclose(step(x), out, atol=1e-6)
+        assert torch.allclose(torch.jit.script(step)(x), out, atol=1e-6)
+    with pytest.raises(ValueError, match="layout"):
+        PaperHybrid(layout="time")
 
 
 def test_build_model_rejects_unknown_and_non_torch_models() -> None:

@@ -129,6 +129,12 @@ class PaperHybrid(nn.Module):
     type-checks put conv -> pool -> dropout -> LSTM, which is what this does.
     ``bidirectional=True`` (not the paper's) reads the sequence both ways and classifies both
     final states.
+
+    ``layout`` as for :class:`PaperLSTM`: ``"sequence"`` (default) reads the vector as 187 steps
+    of one channel (Keras ``(187, 1)``, 'valid' conv and pooling). ``"step"`` reads it as one
+    step of 187 channels (Keras ``(1, 187)``), which Keras only accepts with 'same' padding in
+    the conv and the pooling; there the k3 conv reduces to its centre tap (a dense 187 -> 64
+    layer) and the pooling to the identity, so the "CNN" part is nominal.
     """
 
     def __init__(
@@ -139,16 +145,25 @@ class PaperHybrid(nn.Module):
         hidden: int = 128,
         dropout: float = 0.2,
         bidirectional: bool = False,
+        layout: str = "sequence",
+        n_features: int = VECTOR_SIZE,
     ) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv1d(1, filters, kernel), nn.ReLU(), nn.MaxPool1d(2), nn.Dropout(dropout)
-        )
+        if layout not in ("sequence", "step"):
+            raise ValueError(f"layout must be 'sequence' or 'step', got {layout!r}")
+        self.layout = layout
+        if layout == "sequence":
+            conv, pool = nn.Conv1d(1, filters, kernel), nn.MaxPool1d(2)
+        else:  # Keras padding="same" for an odd kernel; ceil_mode keeps the one step
+            conv = nn.Conv1d(n_features, filters, kernel, padding=kernel // 2)
+            pool = nn.MaxPool1d(2, ceil_mode=True)
+        self.conv = nn.Sequential(conv, nn.ReLU(), pool, nn.Dropout(dropout))
         self.lstm = nn.LSTM(filters, hidden, batch_first=True, bidirectional=bidirectional)
         self.out = nn.Linear(hidden * (2 if bidirectional else 1), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.conv(x.unsqueeze(1)).transpose(1, 2)  # [B, T', filters]
+        x = x.unsqueeze(1) if self.layout == "sequence" else x.unsqueeze(-1)  # [B, C, T]
+        feats = self.conv(x).transpose(1, 2)  # [B, T', filters]
         _, (h, _) = self.lstm(feats)  # final state of each direction: [dirs, B, hidden]
         return self.out(h.transpose(0, 1).reshape(h.size(1), -1))
 
