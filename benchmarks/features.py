@@ -6,8 +6,14 @@ Prints JSON (machine, settings, per-file median and p95 in ms, files/s) and one 
 Each file is decoded once (not timed), then every implementation is timed on it in turn, so a
 shared machine's load swings hit all of them alike. torch runs the eager modules one file at a
 time (batch 1, as librosa), on CPU with ``--threads`` intra-op threads, and on CUDA when there
-is one (synchronised). Then the whole sample in padded batches of ``--batch`` on CPU (and CUDA),
-the way train/cache.py extracts a corpus. numpy/BLAS get the same thread count.
+is one (synchronised). Then the whole sample through ``train.cache.compute_features`` in
+groups of ``--batch`` on CPU (and CUDA), exactly as train/cache.py extracts a corpus (CPU
+batches cut to its STFT budget; natural-length log-mel one clip at a time). numpy/BLAS get the
+same thread count. Four front-ends: ``logmel`` (10-ms frames at natural length, the streaming
+model's), and the three ``train paper`` extracts: ``logmel-image`` (the ViT/BEiT input: hop 375
+over a fixed 3-s window), ``utterance-vector`` (paper 1's 187 values, natural length) and
+``delta-logmel`` (paper 2's three channels over a fixed 3-s window). Windowed front-ends give
+librosa the same zero-padded window.
 librosa is timed twice for the utterance vector: four independent feature calls on ``y``
 (as paper 1 and the parity tests), and with one shared STFT passed as ``S`` (librosa at its
 best).
@@ -52,13 +58,15 @@ import torchaudio  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from train.cache import CPU_STFT_BYTES, compute_features  # noqa: E402
+from train.experiments import front_end  # noqa: E402
 from train.features import (  # noqa: E402
-    DeltaLogMel,
     DeltaLogMelConfig,
     LogMel,
     LogMelConfig,
     UtteranceVector,
     UtteranceVectorConfig,
+    fix_length,
 )
 
 SR = SAMPLE_RATE
@@ -141,13 +149,18 @@ def main() -> None:
     waves = [load_audio(p) for p in picks]
     cuda = torch.cuda.is_available()
 
-    cfgs = {"logmel": LogMelConfig(), "utterance-vector": UtteranceVectorConfig(),
-            "delta-logmel": DeltaLogMelConfig()}  # fmt: skip
-    modules = {"logmel": LogMel(cfgs["logmel"]),
+    # The image and delta front-ends as `train paper` builds them, with their fixed windows.
+    image, image_window, _ = front_end("image")
+    delta, delta_window, _ = front_end("delta")
+    windows = {"logmel-image": image_window, "delta-logmel": delta_window}
+    cfgs = {"logmel": LogMelConfig(), "logmel-image": image.config,
+            "utterance-vector": UtteranceVectorConfig(), "delta-logmel": delta.config}
+    modules = {"logmel": LogMel(cfgs["logmel"]), "logmel-image": image,
                "utterance-vector": UtteranceVector(cfgs["utterance-vector"]),
-               "delta-logmel": DeltaLogMel(cfgs["delta-logmel"])}  # fmt: skip
+               "delta-logmel": delta}  # fmt: skip
     references = {
         "logmel": {"librosa": librosa_logmel(cfgs["logmel"])},
+        "logmel-image": {"librosa": librosa_logmel(cfgs["logmel-image"])},
         "utterance-vector": {
             "librosa": librosa_vector(cfgs["utterance-vector"], shared_stft=False),
             "librosa-shared-stft": librosa_vector(cfgs["utterance-vector"], shared_stft=True),
@@ -155,6 +168,9 @@ def main() -> None:
         "delta-logmel": {"librosa": librosa_delta(cfgs["delta-logmel"])},
     }
     gpu_modules = {k: type(m)(m.config).cuda().eval() for k, m in modules.items()} if cuda else {}
+
+    def clip(name: str, y: np.ndarray) -> np.ndarray:
+        return fix_length(torch.from_numpy(y), windows[name]).numpy() if name in windows else y
 
     def torch_cpu(name: str, y: np.ndarray) -> None:
         modules[name](torch.from_numpy(y).unsqueeze(0))
@@ -167,13 +183,15 @@ def main() -> None:
     load_before = os.getloadavg()
     with torch.inference_mode():
         for name in modules:  # warm-up: first calls allocate, load FFT plans, compile numba
-            torch_cpu(name, waves[0])
+            y = clip(name, waves[0])
+            torch_cpu(name, y)
             if cuda:
-                torch_cuda(name, waves[0])
+                torch_cuda(name, y)
             for ref in references[name].values():
-                ref(waves[0])
-        for y in waves:
+                ref(y)
+        for wave in waves:
             for name in modules:
+                y = clip(name, wave)
                 times[name].setdefault("torchaudio-cpu", []).append(_timed(torch_cpu, name, y))
                 if cuda:
                     times[name].setdefault("torchaudio-cuda", []).append(
@@ -182,10 +200,10 @@ def main() -> None:
                 for ref_name, ref in references[name].items():
                     times[name].setdefault(ref_name, []).append(_timed(ref, y))
 
-        # Throughput of the whole sample in padded batches, as train/cache.py extracts a
-        # corpus (the vector with lengths, so its means cover each clip's own frames only).
-        # librosa has no exact batched path for that (padding would enter its means), so its
-        # figure stays per file, as paper 1 and everybody run it.
+        # Throughput of the whole sample as train/cache.py extracts a corpus (the vector with
+        # lengths, so its means cover each clip's own frames only). librosa has no exact
+        # batched path for that (padding would enter its means), so its figure stays per
+        # file, as paper 1 and everybody run it.
         batched: dict[str, dict[str, float]] = {"cpu": {}, "cuda": {}}
         for dev, mods in (("cpu", modules), ("cuda", gpu_modules)):
             for name, module in mods.items():
@@ -193,12 +211,8 @@ def main() -> None:
                 for _ in range(3 if dev == "cpu" else 1):
                     t0 = time.perf_counter()
                     for start in range(0, len(waves), ARGS.batch):
-                        chunk = [torch.from_numpy(w) for w in waves[start : start + ARGS.batch]]
-                        batch = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(dev)
-                        if name == "utterance-vector":
-                            module(batch, torch.tensor([len(c) for c in chunk]).to(dev)).cpu()
-                        else:
-                            module(batch).cpu()
+                        group = waves[start : start + ARGS.batch]
+                        compute_features(module, group, torch.device(dev), windows.get(name))
                     if dev == "cuda":
                         torch.cuda.synchronize()
                     runs.append(time.perf_counter() - t0)
@@ -236,6 +250,8 @@ def main() -> None:
             "torch_batch": 1,
             "batched": ARGS.batch,
             "configs": {k: vars(c) for k, c in cfgs.items()},
+            "fixed_window_samples": windows,
+            "cpu_stft_budget_bytes": CPU_STFT_BYTES,
             "note": "per-file times exclude decoding/resampling (load_audio), done once",
         },
         "per_file": results,

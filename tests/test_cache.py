@@ -144,3 +144,32 @@ def test_bad_front_ends_fail_clearly(corpus, tmp_path: Path) -> None:
         scripted = torch.jit.script(LogMel())
     with pytest.raises(TypeError, match="scripted"):
         extract_features(corpus, scripted, tmp_path, progress=False)
+
+
+def test_cpu_batches_are_cut_to_the_stft_budget_without_changing_features(
+    tess_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waves = [load_audio(p) for p in sorted(tess_dir.glob("*/*.flac"))[::700][:4]]
+    cpu = torch.device("cpu")
+    vector, logmel = UtteranceVector(), LogMel(LogMelConfig(hop_length=375))
+    # 1025 bins x 94 frames x 8 bytes per 3-s clip: the 8-MiB budget takes 10 such clips.
+    assert cache.rows_per_call(vector, 48_000, cpu) == 8 * 2**20 // (1025 * 94 * 8)
+    assert cache.rows_per_call(vector, 48_000, torch.device("meta")) is None  # not CPU
+    with torch.inference_mode():
+        whole = {"vector": cache.compute_features(vector, waves, cpu),
+                 "image": cache.compute_features(logmel, waves, cpu, 48_000)}  # fmt: skip
+        calls: list[int] = []
+        real_forward = LogMel.forward
+
+        def counted(self: LogMel, wave: torch.Tensor) -> torch.Tensor:
+            calls.append(len(wave))
+            return real_forward(self, wave)
+
+        monkeypatch.setattr(LogMel, "forward", counted)
+        monkeypatch.setattr(cache, "CPU_STFT_BYTES", 1)  # one clip per call
+        cut = {"vector": cache.compute_features(vector, waves, cpu),
+               "image": cache.compute_features(logmel, waves, cpu, 48_000)}  # fmt: skip
+    assert calls == [1, 1, 1, 1]
+    for kind in whole:
+        np.testing.assert_allclose(np.stack(cut[kind]), np.stack(whole[kind]), rtol=1e-5,
+                                   atol=1e-4)  # fmt: skip

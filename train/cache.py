@@ -153,24 +153,51 @@ class FeatureSet:
         return text
 
 
-def _compute(
+# On CPU a batch's complex STFT is the front-ends' largest tensor; once it passes ~8 MiB per
+# call, throughput falls by up to half on the 2-core machines measured (log-mel of ~2-s TESS
+# clips, 2 threads: 1,372 files/s at 8 clips per call, 667 at 16; delta log-mel on 3-s windows:
+# 1,976 at 8, ~1,070 at 32). So CPU batches are cut into calls under this budget; CUDA takes
+# the whole batch.
+CPU_STFT_BYTES = 8 * 2**20
+
+
+def rows_per_call(module: torch.nn.Module, n_samples: int, device: torch.device) -> int | None:
+    """Clips of ``n_samples`` per forward call that keep a CPU call's STFT under budget
+    (``None``: no limit, on CUDA or for a module without ``config.n_fft``/``hop_length``)."""
+    config = getattr(module, "config", None)
+    if device.type != "cpu" or not hasattr(config, "n_fft") or not hasattr(config, "hop_length"):
+        return None
+    stft_bytes = (config.n_fft // 2 + 1) * (1 + n_samples // config.hop_length) * 8
+    return max(1, CPU_STFT_BYTES // stft_bytes)
+
+
+def compute_features(
     module: torch.nn.Module,
-    waves: list[np.ndarray],
+    waves: Sequence[np.ndarray],
     device: torch.device,
-    window_samples: int | None,
+    window_samples: int | None = None,
 ) -> list[np.ndarray]:
-    """Features of a list of clips, batched where the result is exactly the single-clip one."""
+    """Features of a list of clips, batched where the result is exactly the single-clip one
+    (fixed windows; the utterance vector with lengths), in calls of ``rows_per_call`` clips."""
     tensors = [torch.from_numpy(w) for w in waves]
+    if window_samples is None and not isinstance(module, UtteranceVector):
+        # Frame-level at natural length: one clip at a time (padding would change the deltas
+        # at a clip's end, and each clip keeps its own frame count).
+        return [module(t.unsqueeze(0).to(device))[0].cpu().numpy() for t in tensors]
     if window_samples is not None:
-        batch = torch.stack([fix_length(t, window_samples) for t in tensors]).to(device)
-        return list(module(batch).cpu().numpy())
-    if isinstance(module, UtteranceVector):
-        lengths = torch.tensor([len(t) for t in tensors])
-        batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
-        return list(module(batch, lengths.to(device)).cpu().numpy())
-    # Frame-level at natural length: one clip at a time (padding would change the deltas at
-    # a clip's end, and each clip keeps its own frame count).
-    return [module(t.unsqueeze(0).to(device))[0].cpu().numpy() for t in tensors]
+        tensors = [fix_length(t, window_samples) for t in tensors]
+    longest = max((len(t) for t in tensors), default=0)
+    step = rows_per_call(module, longest, device) or max(len(tensors), 1)
+    out: list[np.ndarray] = []
+    for start in range(0, len(tensors), step):
+        part = tensors[start : start + step]
+        batch = torch.nn.utils.rnn.pad_sequence(part, batch_first=True).to(device)
+        if window_samples is None:  # the utterance vector: means over each clip's own frames
+            lengths = torch.tensor([len(t) for t in part], device=device)
+            out.extend(module(batch, lengths).cpu().numpy())
+        else:
+            out.extend(module(batch).cpu().numpy())
+    return out
 
 
 def extract_features(
@@ -240,7 +267,7 @@ def extract_features(
                     bad_files[str(utterances[i].path)] = exc.cause
             if waves:
                 for i, array in zip(
-                    readable, _compute(module, waves, dev, window_samples), strict=True
+                    readable, compute_features(module, waves, dev, window_samples), strict=True
                 ):
                     array = np.ascontiguousarray(array, dtype=np.float32)
                     _save_atomic(entries[i], array)
