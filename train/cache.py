@@ -154,10 +154,10 @@ class FeatureSet:
 
 
 # On CPU a batch's complex STFT is the front-ends' largest tensor; once it passes ~8 MiB per
-# call, throughput falls by up to half on the 2-core machines measured (log-mel of ~2-s TESS
-# clips, 2 threads: 1,372 files/s at 8 clips per call, 667 at 16; delta log-mel on 3-s windows:
-# 1,976 at 8, ~1,070 at 32). So CPU batches are cut into calls under this budget; CUDA takes
-# the whole batch.
+# call, throughput falls by up to half on the 2-core machines measured. Groups of 32 TESS clips,
+# 2 threads, one interleaved run, whole group vs cut to this budget: ViT image 1,081 -> 1,658
+# files/s, delta log-mel (3-s windows) 729 -> 1,297, utterance vector 482 -> 566. So CPU
+# batches are cut into calls under this budget; CUDA takes the whole batch.
 CPU_STFT_BYTES = 8 * 2**20
 
 
