@@ -16,7 +16,7 @@ import train.cache as cache
 from train.audio import load_audio
 from train.cache import extract_features
 from train.corpus import Utterance
-from train.features import LogMel, LogMelConfig, UtteranceVector
+from train.features import LogMel, LogMelConfig, UtteranceVector, fix_length
 
 pytestmark = [pytest.mark.tess, pytest.mark.timeout(120)]
 
@@ -173,3 +173,13 @@ def test_cpu_batches_are_cut_to_the_stft_budget_without_changing_features(
     for kind in whole:
         np.testing.assert_allclose(np.stack(cut[kind]), np.stack(whole[kind]), rtol=1e-5,
                                    atol=1e-4)  # fmt: skip
+    # Batched == singles: each clip zero-padded or cropped to the window on its own (a window
+    # between the clips' lengths, so both happen).
+    lengths = sorted(len(w) for w in waves)
+    window = (lengths[0] + lengths[-1]) // 2
+    assert lengths[0] < window < lengths[-1]
+    with torch.inference_mode():
+        batched = cache.compute_features(logmel, waves, cpu, window)
+        for wave, got in zip(waves, batched, strict=True):
+            single = real_forward(logmel, fix_length(torch.from_numpy(wave), window)[None])[0]
+            np.testing.assert_allclose(got, single.numpy(), rtol=1e-5, atol=1e-4)

@@ -32,7 +32,6 @@ from train.features import (
     LogMelConfig,
     UtteranceVector,
     UtteranceVectorConfig,
-    fix_length,
 )
 
 log = logging.getLogger(__name__)
@@ -184,14 +183,18 @@ def compute_features(
         # Frame-level at natural length: one clip at a time (padding would change the deltas
         # at a clip's end, and each clip keeps its own frame count).
         return [module(t.unsqueeze(0).to(device))[0].cpu().numpy() for t in tensors]
-    if window_samples is not None:
-        tensors = [fix_length(t, window_samples) for t in tensors]
     longest = max((len(t) for t in tensors), default=0)
-    step = rows_per_call(module, longest, device) or max(len(tensors), 1)
+    width = window_samples if window_samples is not None else longest
+    step = rows_per_call(module, width, device) or max(len(tensors), 1)
     out: list[np.ndarray] = []
     for start in range(0, len(tensors), step):
         part = tensors[start : start + step]
-        batch = torch.nn.utils.rnn.pad_sequence(part, batch_first=True).to(device)
+        # One zero batch, each clip copied in (cropped to the window): what fix_length then
+        # pad_sequence would give, without padding every clip first.
+        batch = torch.zeros(len(part), width, dtype=torch.float32)
+        for row, t in zip(batch, part, strict=True):
+            row[: min(len(t), width)] = t[:width]
+        batch = batch.to(device)
         if window_samples is None:  # the utterance vector: means over each clip's own frames
             lengths = torch.tensor([len(t) for t in part], device=device)
             out.extend(module(batch, lengths).cpu().numpy())
