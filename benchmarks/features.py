@@ -7,8 +7,8 @@ Each file is decoded once (not timed), then every implementation is timed on it 
 shared machine's load swings hit all of them alike. torch runs the eager modules one file at a
 time (batch 1, as librosa), on CPU with ``--threads`` intra-op threads, and on CUDA when there
 is one (synchronised). Then the whole sample through ``train.cache.compute_features`` in
-groups of ``--batch`` on CPU (and CUDA), exactly as train/cache.py extracts a corpus (CPU
-batches cut to its STFT budget; natural-length log-mel one clip at a time). numpy/BLAS get the
+groups of ``--batch`` on CPU (and CUDA), exactly as train/cache.py extracts a corpus (padded
+batches with lengths, cut on CPU to its STFT budget). numpy/BLAS get the
 same thread count. Four front-ends: ``logmel`` (10-ms frames at natural length, the streaming
 model's), and the three ``train paper`` extracts: ``logmel-image`` (the ViT/BEiT input: hop 375
 over a fixed 3-s window), ``utterance-vector`` (paper 1's 187 values, natural length) and

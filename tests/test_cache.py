@@ -183,3 +183,24 @@ def test_cpu_batches_are_cut_to_the_stft_budget_without_changing_features(
         for wave, got in zip(waves, batched, strict=True):
             single = real_forward(logmel, fix_length(torch.from_numpy(wave), window)[None])[0]
             np.testing.assert_allclose(got, single.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_natural_length_log_mel_is_batched_exactly_as_single_clips(tess_dir: Path) -> None:
+    waves = [load_audio(p) for p in sorted(tess_dir.glob("*/*.flac"))[::700][:3]]
+    # Near-silent, then a click in its last 40 samples: its last own frame (centred 119
+    # samples before the click) sees the click less than the next frame, padding in a batch,
+    # so that frame must stay out of its top_db floor.
+    tail = 1e-5 * np.sin(np.arange(8_159, dtype=np.float32))
+    tail[-40:] = 0.9 * np.sin(np.arange(40, dtype=np.float32))
+    waves.append(tail)
+    module, cpu = LogMel(), torch.device("cpu")
+    with torch.inference_mode():
+        batched = cache.compute_features(module, waves, cpu)
+        singles = [module(torch.from_numpy(w)[None])[0].numpy() for w in waves]
+        unmasked = module(torch.nn.utils.rnn.pad_sequence(
+            [torch.from_numpy(w) for w in waves], batch_first=True))[-1]  # fmt: skip
+    for got, want in zip(batched, singles, strict=True):
+        assert got.shape == want.shape  # each clip keeps its own frame count
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    # Without lengths the padded frames would have raised that clip's floor.
+    assert not np.allclose(unmasked[..., : singles[-1].shape[-1]].numpy(), singles[-1], atol=1e-3)

@@ -177,29 +177,41 @@ def compute_features(
     window_samples: int | None = None,
 ) -> list[np.ndarray]:
     """Features of a list of clips, batched where the result is exactly the single-clip one
-    (fixed windows; the utterance vector with lengths), in calls of ``rows_per_call`` clips."""
+    (fixed windows; the utterance vector and log-mel with lengths), in calls of
+    ``rows_per_call`` clips."""
     tensors = [torch.from_numpy(w) for w in waves]
-    if window_samples is None and not isinstance(module, UtteranceVector):
-        # Frame-level at natural length: one clip at a time (padding would change the deltas
-        # at a clip's end, and each clip keeps its own frame count).
+    with_lengths = isinstance(module, (UtteranceVector, LogMel))
+    if window_samples is None and not with_lengths:
+        # Delta log-mel at natural length: one clip at a time (padding would change the deltas
+        # at a clip's end).
         return [module(t.unsqueeze(0).to(device))[0].cpu().numpy() for t in tensors]
     longest = max((len(t) for t in tensors), default=0)
-    width = window_samples if window_samples is not None else longest
-    step = rows_per_call(module, width, device) or max(len(tensors), 1)
-    out: list[np.ndarray] = []
-    for start in range(0, len(tensors), step):
-        part = tensors[start : start + step]
+    step = rows_per_call(module, window_samples or longest, device) or max(len(tensors), 1)
+    # Natural lengths go shortest first, so each call pads its clips to similar lengths.
+    order = list(range(len(tensors)))
+    if window_samples is None:
+        order.sort(key=lambda i: len(tensors[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(tensors)
+    for start in range(0, len(order), step):
+        rows = order[start : start + step]
+        part = [tensors[i] for i in rows]
+        width = window_samples or max(len(t) for t in part)
         # One zero batch, each clip copied in (cropped to the window): what fix_length then
         # pad_sequence would give, without padding every clip first.
         batch = torch.zeros(len(part), width, dtype=torch.float32)
         for row, t in zip(batch, part, strict=True):
             row[: min(len(t), width)] = t[:width]
         batch = batch.to(device)
-        if window_samples is None:  # the utterance vector: means over each clip's own frames
-            lengths = torch.tensor([len(t) for t in part], device=device)
-            out.extend(module(batch, lengths).cpu().numpy())
+        if window_samples is not None:
+            result = list(module(batch).cpu().numpy())
         else:
-            out.extend(module(batch).cpu().numpy())
+            lengths = torch.tensor([len(t) for t in part], device=device)
+            result = list(module(batch, lengths).cpu().numpy())
+            if isinstance(module, LogMel):  # each clip keeps its own frames, not the padding's
+                result = [r[..., : module.config.frames(len(t))]
+                          for r, t in zip(result, part, strict=True)]  # fmt: skip
+        for i, array in zip(rows, result, strict=True):
+            out[i] = array
     return out
 
 

@@ -103,6 +103,11 @@ class LogMel(torch.nn.Module):
 
     Equals ``librosa.power_to_db(librosa.feature.melspectrogram(y, sr, n_fft, hop_length,
     n_mels, fmin, fmax), top_db=top_db)`` per item.
+
+    Variable lengths: pad the batch with zeros and pass ``lengths`` (samples per row); each
+    row's first ``1 + length // hop_length`` frames then equal the unpadded clip's (the STFT
+    pads with zeros too) and its ``top_db`` floor comes from those frames only. The frames
+    after them are padding, for the caller to drop.
     """
 
     top_db: float | None
@@ -126,7 +131,7 @@ class LogMel(torch.nn.Module):
         self.amin = config.amin
         self.top_db = config.top_db
 
-    def forward(self, wave: Tensor) -> Tensor:
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
         # self.mel's own forward takes |X| ** 2 via a complex abs; power_spectrum is the same
         # value and 4x cheaper on CPU, so its two stages are called here separately.
         stft = self.mel.spectrogram
@@ -143,8 +148,18 @@ class LogMel(torch.nn.Module):
             pad_mode="constant",
             onesided=True,
         )
-        power = power_spectrum(spec)
-        return power_to_db(self.mel.mel_scale(power), self.amin, self.top_db).unsqueeze(1)
+        mel = self.mel.mel_scale(power_spectrum(spec))
+        mask: Tensor | None = None
+        if lengths is not None:
+            mask = frame_mask(lengths.to(wave.device), mel.shape[-1], stft.hop_length)
+        return power_to_db(mel, self.amin, self.top_db, mask).unsqueeze(1)
+
+
+def frame_mask(lengths: Tensor, frames: int, hop_length: int) -> Tensor:
+    """``[B, frames]``, True on each row's own frames: the first ``1 + length // hop_length``
+    of a centred STFT, the ones an unpadded clip of that length has."""
+    n_frames = torch.div(lengths, hop_length, rounding_mode="floor")
+    return torch.arange(frames, device=lengths.device).unsqueeze(0) <= n_frames.unsqueeze(1)
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -282,8 +297,7 @@ class UtteranceVector(torch.nn.Module):
         if lengths is None:
             mask = torch.ones(batch, frames, dtype=torch.bool, device=wave.device)
         else:
-            n_frames = torch.div(lengths.to(wave.device), self.hop_length, rounding_mode="floor")
-            mask = torch.arange(frames, device=wave.device).unsqueeze(0) <= n_frames.unsqueeze(1)
+            mask = frame_mask(lengths.to(wave.device), frames, self.hop_length)
 
         mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)  # [B, M, T]
         mel_db = power_to_db(mel, self.amin, self.top_db, mask)
