@@ -10,7 +10,7 @@ oracle naming of the same clusters would get, to separate "do the emotions clust
 model trained on the other speaker name them?". And gradual self-training on the test
 speaker's unlabelled clips (transductive; each direction scored with the settings that did best
 on the other direction). Prints JSON (one entry per variant: both directions and their mean)
-and a one-line summary. ~10 min on 2 cores.
+and a one-line summary. ~4 min on 2 cores.
 
     .venv/bin/python benchmarks/speaker_independent.py --data ../shared/data/tess
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -28,7 +27,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from train.corpus import EMOTIONS, scan_corpus
@@ -70,7 +69,7 @@ def cluster_and_name(
 SELF_TRAIN_GRID = [(rounds, c) for rounds in (20, 40, 80) for c in (0.1, 0.3)]
 
 
-def logreg(c: float) -> Any:
+def logreg(c: float) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=c))
 
 
