@@ -268,7 +268,8 @@ def train_torch(
     progress: bool = True,
     desc: str = "",
 ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Adam + cross-entropy for ``cfg.epochs``; history of train/val loss and accuracy per epoch.
+    """Adam (AdamW when ``cfg.weight_decay``) + cross-entropy (with ``cfg.label_smoothing``) for
+    ``cfg.epochs``; history of train/val loss and accuracy per epoch.
 
     Train loss/accuracy per epoch are the running figures over the epoch's batches (dropout and
     augmentation on, as Keras reports them); validation figures are on the held-out fold.

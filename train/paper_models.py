@@ -48,6 +48,12 @@ class InputNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+def _check_layout(layout: str) -> None:
+    """The two readings of the 187-vector that PaperLSTM and PaperHybrid take."""
+    if layout not in ("sequence", "step"):
+        raise ValueError(f"layout must be 'sequence' or 'step', got {layout!r}")
+
+
 class PaperCNN(nn.Module):
     """Paper 1's CNN on the 187-vector (Table 1: 95.37 %).
 
@@ -105,8 +111,7 @@ class PaperLSTM(nn.Module):
         n_features: int = VECTOR_SIZE,
     ) -> None:
         super().__init__()
-        if layout not in ("sequence", "step"):
-            raise ValueError(f"layout must be 'sequence' or 'step', got {layout!r}")
+        _check_layout(layout)
         self.layout = layout
         self.lstm1 = nn.LSTM(1 if layout == "sequence" else n_features, hidden[0],
                              batch_first=True)
@@ -149,8 +154,7 @@ class PaperHybrid(nn.Module):
         n_features: int = VECTOR_SIZE,
     ) -> None:
         super().__init__()
-        if layout not in ("sequence", "step"):
-            raise ValueError(f"layout must be 'sequence' or 'step', got {layout!r}")
+        _check_layout(layout)
         self.layout = layout
         if layout == "sequence":
             conv, pool = nn.Conv1d(1, filters, kernel), nn.MaxPool1d(2)
