@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from collections import Counter
 from pathlib import Path
@@ -16,12 +17,15 @@ from train.corpus import (
     canonical_emotion,
     detect_corpus,
     labels,
+    load_corpora,
     load_cremad,
     load_emodb,
     load_manifest,
     load_ravdess,
     load_savee,
     load_tess,
+    load_urdu,
+    ravdess_gender,
     scan_corpus,
 )
 
@@ -40,6 +44,13 @@ def test_utterance_is_frozen_and_has_label() -> None:
     assert labels([u, dataclasses.replace(u, emotion="angry")]) == [5, 0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         u.emotion = "happy"  # type: ignore[misc]
+
+
+def test_speaker_id_keeps_corpora_apart() -> None:
+    a = Utterance(Path("a.wav"), "sad", "DC", "savee")
+    assert (a.speaker, a.speaker_id) == ("DC", "savee:DC")
+    assert dataclasses.replace(a, corpus="other").speaker_id != a.speaker_id
+    assert dataclasses.replace(a, speaker=None).speaker_id is None  # unknowns never merge
 
 
 @pytest.mark.parametrize(
@@ -154,6 +165,31 @@ def test_load_ravdess(tmp_path: Path) -> None:
     assert sum(dropped.values()) == 2
 
 
+def test_load_ravdess_calm_drop(tmp_path: Path) -> None:
+    root = _touch(tmp_path, ["03-01-02-02-02-01-12.wav", "03-01-01-01-01-01-12.wav"])
+    dropped: Counter[str] = Counter()
+    utts = load_ravdess(root, dropped, calm="drop")
+    assert [u.path.name for u in utts] == ["03-01-01-01-01-01-12.wav"]
+    assert dropped == Counter({"calm (code 02), dropped with calm='drop'": 1})
+    with pytest.warns(UserWarning, match=r"1 calm"):
+        load_ravdess(root, calm="drop")
+    with pytest.raises(ValueError, match="calm must be one of"):
+        load_ravdess(root, calm="happy")
+
+
+@pytest.mark.parametrize(
+    "speaker, gender",
+    [("Actor_01", "male"), ("Actor_24", "female"), ("07", "male"), ("actor_12", "female")],
+)
+def test_ravdess_gender(speaker: str, gender: str) -> None:
+    assert ravdess_gender(speaker) == gender
+
+
+def test_ravdess_gender_refuses_other_names() -> None:
+    with pytest.raises(ValueError, match="not a RAVDESS actor"):
+        ravdess_gender("DC")
+
+
 def test_load_cremad(tmp_path: Path) -> None:
     root = _touch(tmp_path, ["1001_DFA_ANG_XX.wav", "1091_TSI_SAD_HI.wav", "1001_DFA_XYZ_XX.wav"])
     dropped: Counter[str] = Counter()
@@ -194,6 +230,41 @@ def test_load_savee_both_layouts(tmp_path: Path, layout: str) -> None:
     ]  # fmt: skip
     assert {u.speaker for u in utts} == {"DC", "JK"}
     assert not dropped
+
+
+def test_load_urdu(tmp_path: Path) -> None:
+    root = _touch(tmp_path, [
+        "Angry/SM1_F10_A010.wav",
+        "Angry/SF1_F1_A0100.wav",  # SF1 is not SM1; numbers have 2-4 digits
+        "Sad/SM24_F3_S09.flac",
+        "Happy/SF6_F2_N01.wav",  # folder says happy, name says neutral
+        "Neutral/SM1_F1_X01.wav",  # no emotion X
+        "SF2_F1_H01.wav",  # flat: the name alone decides
+    ])  # fmt: skip
+    dropped: Counter[str] = Counter()
+    by = _by_name(load_urdu(root, dropped))
+    assert {n: (u.speaker, u.emotion) for n, u in by.items()} == {
+        "SM1_F10_A010.wav": ("SM1", "angry"), "SF1_F1_A0100.wav": ("SF1", "angry"),
+        "SM24_F3_S09.flac": ("SM24", "sad"), "SF2_F1_H01.wav": ("SF2", "happy"),
+    }  # fmt: skip
+    assert {u.corpus for u in by.values()} == {"urdu"}
+    assert dropped == Counter({
+        "folder and file name disagree on the emotion": 1,
+        "file name does not match URDU (SM1_F10_A010)": 1,
+    })  # fmt: skip
+
+
+def test_load_corpora_takes_pairs_and_name_path_strings(tmp_path: Path) -> None:
+    savee = _touch(tmp_path / "savee", ["DC_a01.wav", "notes.txt"])
+    urdu = _touch(tmp_path / "urdu", ["Angry/SM1_F1_A01.wav"])
+    dropped: Counter[str] = Counter()
+    utts = load_corpora([("savee", savee), f"urdu={urdu}"], dropped)
+    assert [u.speaker_id for u in utts] == ["savee:DC", "urdu:SM1"]
+    assert dropped == Counter({"savee: not an audio file (*.txt)": 1})
+    with pytest.raises(ValueError, match="not name=path"):
+        load_corpora([str(urdu)])
+    with pytest.raises(ValueError, match="unknown corpus"):
+        load_corpora([f"iemocap={urdu}"])
 
 
 def test_load_savee_without_speaker_is_counted(tmp_path: Path) -> None:
@@ -239,6 +310,7 @@ def test_load_manifest_with_header(tmp_path: Path) -> None:
      ("cremad", ["1001_DFA_ANG_XX.wav", "1002_IEO_HAP_HI.wav"]),
      ("emodb", ["03a01Fa.wav", "03a01Wa.wav"]),
      ("savee", ["DC_a01.wav", "JE/su02.wav"]),
+     ("urdu", ["Angry/SM1_F10_A010.wav", "Sad/SF11_F1_S03.wav"]),
      ("tess", ["OAF_angry/OAF_back_angry.wav", "YAF_fear/YAF_dog_fear.wav"])],
 )  # fmt: skip
 def test_detect_corpus(tmp_path: Path, corpus: str, names: list[str]) -> None:
@@ -320,3 +392,123 @@ def test_tess_quirky_files(tess_scan) -> None:
     assert by["YAF_back_ps.flac"].emotion == "surprise"
     per_word = Counter(u.word for u in tess_scan.utterances)
     assert min(per_word.values()) >= 13 and max(per_word.values()) == 14
+
+
+# --- the shared RAVDESS, SAVEE and URDU copies ----------------------------------------------
+# File names only (plus scan_corpus's header probing for URDU): no audio is decoded.
+
+SHARED = ("tess", "ravdess", "savee", "urdu")
+NOT_AUDIO = {"not an audio file (*.csv)": 1, "not an audio file (*.md)": 1}  # manifest, README
+
+
+def _manifest(root: Path) -> list[dict[str, str]]:
+    with (root / "manifest.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rows(root: Path, utts: list[Utterance]) -> Counter[tuple[str, str | None, str]]:
+    return Counter((u.path.relative_to(root).as_posix(), u.speaker, u.emotion) for u in utts)
+
+
+def _manifest_rows(rows: list[dict[str, str]]) -> Counter[tuple[str, str | None, str | None]]:
+    return Counter((r["path"], r["speaker"], canonical_emotion(r["emotion"])) for r in rows)
+
+
+@pytest.mark.ravdess
+def test_ravdess_matches_readme_and_manifest(ravdess_dir: Path) -> None:
+    dropped: Counter[str] = Counter()
+    utts = load_ravdess(ravdess_dir, dropped)
+    assert len(utts) == 1440 and dropped == NOT_AUDIO
+    assert Counter(u.speaker for u in utts) == {f"Actor_{i:02d}": 60 for i in range(1, 25)}
+    assert Counter(u.emotion for u in utts) == {
+        "neutral": 96 + 192, "happy": 192, "sad": 192, "angry": 192, "fear": 192,
+        "disgust": 192, "surprise": 192,
+    }  # fmt: skip
+    rows = _manifest(ravdess_dir)
+    assert _rows(ravdess_dir, utts) == _manifest_rows(rows)  # calm -> neutral on both sides
+    by_path = {u.path.relative_to(ravdess_dir).as_posix(): u for u in utts}
+    statements = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+    for r in rows:
+        assert by_path[r["path"]].text == statements[r["statement"]]
+        assert ravdess_gender(r["speaker"]) == {"M": "male", "F": "female"}[r["gender"]]
+
+
+@pytest.mark.ravdess
+def test_ravdess_calm_drop_keeps_everything_else(ravdess_dir: Path) -> None:
+    dropped: Counter[str] = Counter()
+    utts = load_ravdess(ravdess_dir, dropped, calm="drop")
+    assert len(utts) == 1248
+    assert dropped == {**NOT_AUDIO, "calm (code 02), dropped with calm='drop'": 192}
+    assert Counter(u.emotion for u in utts)["neutral"] == 96
+    assert Counter(u.speaker for u in utts) == {f"Actor_{i:02d}": 52 for i in range(1, 25)}
+    rows = [r for r in _manifest(ravdess_dir) if r["emotion"] != "calm"]
+    assert _rows(ravdess_dir, utts) == _manifest_rows(rows)
+
+
+@pytest.mark.savee
+def test_savee_matches_readme_and_manifest(savee_dir: Path) -> None:
+    dropped: Counter[str] = Counter()
+    utts = load_savee(savee_dir, dropped)
+    assert len(utts) == 480 and dropped == NOT_AUDIO
+    assert Counter(u.speaker for u in utts) == {"DC": 120, "JE": 120, "JK": 120, "KL": 120}
+    assert Counter(u.emotion for u in utts) == {
+        "neutral": 120, **{e: 60 for e in EMOTIONS if e != "neutral"},
+    }  # fmt: skip
+    assert _rows(savee_dir, utts) == _manifest_rows(_manifest(savee_dir))
+
+
+URDU_SPEAKERS = {
+    "SF1": 12, "SF2": 2, "SF3": 2, "SF4": 4, "SF5": 4, "SF6": 14, "SF7": 6, "SF8": 2, "SF9": 4,
+    "SF10": 2, "SF11": 4, "SM1": 22, "SM2": 28, "SM3": 12, "SM4": 48, "SM5": 80, "SM6": 14,
+    "SM7": 28, "SM17": 2, "SM18": 2, "SM19": 2, "SM20": 10, "SM21": 4, "SM22": 2, "SM23": 6,
+    "SM24": 38, "SM25": 40, "SM26": 2, "SM27": 4,
+}  # fmt: skip
+
+
+@pytest.mark.urdu
+def test_urdu_matches_readme_and_manifest(urdu_dir: Path) -> None:
+    dropped: Counter[str] = Counter()
+    utts = load_urdu(urdu_dir, dropped)
+    assert len(utts) == 400 and dropped == NOT_AUDIO
+    assert Counter(u.emotion for u in utts) == {"angry": 100, "happy": 100, "neutral": 100,
+                                                "sad": 100}  # fmt: skip
+    assert Counter(u.speaker for u in utts) == URDU_SPEAKERS  # 29 ids, 18 male, 11 female
+    rows = _manifest(urdu_dir)
+    assert _rows(urdu_dir, utts) == _manifest_rows(rows)
+    assert {r["speaker"]: r["gender"] for r in rows} == {s: s[1] for s in URDU_SPEAKERS}
+
+
+@pytest.mark.urdu
+def test_urdu_scan_summary(urdu_dir: Path) -> None:
+    s = scan_corpus(urdu_dir, progress=False).summary()
+    assert (s["corpus"], s["files"], s["n_emotions"], s["n_speakers"]) == ("urdu", 400, 4, 29)
+    assert s["emotions"] == {"angry": 100, "happy": 100, "neutral": 100, "sad": 100}
+    assert s["speakers"] == dict(sorted(URDU_SPEAKERS.items()))
+    assert s["sample_rates"] == {"16000": {"files": 400, "paths": []}}
+    assert s["dropped"] == NOT_AUDIO and s["bad_files"] == {}
+    assert 0.9 < s["duration"]["min_s"] < s["duration"]["median_s"] < s["duration"]["max_s"] < 3.1
+
+
+@pytest.mark.parametrize("corpus", [pytest.param(c, marks=getattr(pytest.mark, c)) for c in SHARED])
+def test_detect_shared_corpora(request: pytest.FixtureRequest, corpus: str) -> None:
+    assert detect_corpus(request.getfixturevalue(f"{corpus}_dir")) == corpus
+
+
+@pytest.mark.tess
+@pytest.mark.ravdess
+@pytest.mark.savee
+@pytest.mark.urdu
+def test_speaker_ids_unique_across_shared_corpora(
+    tess_dir: Path, ravdess_dir: Path, savee_dir: Path, urdu_dir: Path
+) -> None:
+    utts = load_corpora([
+        f"tess={tess_dir}", ("ravdess", ravdess_dir), ("savee", savee_dir), f"urdu={urdu_dir}",
+    ], Counter())  # fmt: skip
+    assert len(utts) == 2798 + 1440 + 480 + 400
+    corpus_of: dict[str | None, set[str]] = {}
+    for u in utts:
+        corpus_of.setdefault(u.speaker_id, set()).add(u.corpus)
+    assert None not in corpus_of and all(len(c) == 1 for c in corpus_of.values())
+    assert Counter(c for cs in corpus_of.values() for c in cs) == {
+        "tess": 2, "ravdess": 24, "savee": 4, "urdu": 29,
+    }  # fmt: skip

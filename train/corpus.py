@@ -10,6 +10,7 @@ listed in ``bad_files`` while the scan goes on.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import statistics
 import warnings
@@ -24,7 +25,7 @@ import soundfile as sf
 from train.audio import AudioError, AudioInfo, probe_audio
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-CORPORA: tuple[str, ...] = ("tess", "ravdess", "cremad", "emodb", "savee", "manifest")
+CORPORA: tuple[str, ...] = ("tess", "ravdess", "cremad", "emodb", "savee", "urdu", "manifest")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class Utterance:
     def label(self) -> int:
         """Index of ``emotion`` in ``EMOTIONS`` (the models' class order)."""
         return EMOTIONS.index(self.emotion)
+
+    @property
+    def speaker_id(self) -> str | None:
+        """``corpus:speaker``, unique across corpora (SAVEE's "DC" and another corpus's "DC"
+        are different people); None when the speaker is unknown, so unknowns never merge."""
+        return None if self.speaker is None else f"{self.corpus}:{self.speaker}"
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -199,16 +206,23 @@ def load_tess(root: str | Path, dropped: Counter[str] | None = None) -> list[Utt
 
 _RAVDESS = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 _RAVDESS_EMOTION = {
-    "01": "neutral", "02": "neutral",  # calm counts as neutral
+    "01": "neutral", "02": "neutral",  # calm counts as neutral unless load_ravdess(calm="drop")
     "03": "happy", "04": "sad", "05": "angry", "06": "fear", "07": "disgust", "08": "surprise",
 }  # fmt: skip
 _RAVDESS_TEXT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+_RAVDESS_CALM = ("neutral", "drop")
+_RAVDESS_ACTOR = re.compile(r"^(?:Actor_)?(\d{1,2})$", re.IGNORECASE)
 
 
-def _parse_ravdess(path: Path, dropped: Counter[str]) -> tuple[Utterance, Any] | None:
+def _parse_ravdess(
+    path: Path, dropped: Counter[str], calm: str = "neutral"
+) -> tuple[Utterance, Any] | None:
     m = _RAVDESS.match(path.stem)
     if not m:
         dropped["file name does not match RAVDESS (MM-VV-EE-II-SS-RR-AA)"] += 1
+        return None
+    if m[3] == "02" and calm == "drop":
+        dropped["calm (code 02), dropped with calm='drop'"] += 1
         return None
     emotion = _RAVDESS_EMOTION.get(m[3])
     if emotion is None:
@@ -218,9 +232,27 @@ def _parse_ravdess(path: Path, dropped: Counter[str]) -> tuple[Utterance, Any] |
     return utt, path.stem
 
 
-def load_ravdess(root: str | Path, dropped: Counter[str] | None = None) -> list[Utterance]:
-    """RAVDESS (``03-01-05-01-01-01-12.wav``): emotion is field 3, actor field 7; calm->neutral."""
-    return _load_by_name("load_ravdess", Path(root), _parse_ravdess, dropped)
+def load_ravdess(
+    root: str | Path, dropped: Counter[str] | None = None, calm: str = "neutral"
+) -> list[Utterance]:
+    """RAVDESS (``03-01-05-01-01-01-12.wav``): emotion is field 3, actor field 7.
+
+    Calm has no canonical label: ``calm="neutral"`` (default) counts it as neutral, which
+    triples neutral (96 -> 288 clips); ``calm="drop"`` leaves it out, counted in ``dropped``.
+    """
+    if calm not in _RAVDESS_CALM:
+        raise ValueError(f"calm must be one of {', '.join(_RAVDESS_CALM)}, not {calm!r}")
+    parse = functools.partial(_parse_ravdess, calm=calm)
+    return _load_by_name("load_ravdess", Path(root), parse, dropped)
+
+
+def ravdess_gender(speaker: str) -> str:
+    """An actor's gender: the RAVDESS README gives odd numbers to men, even to women, and
+    the file names carry no gender. Takes ``Actor_07`` or ``07``; returns "male"/"female"."""
+    m = _RAVDESS_ACTOR.match(speaker)
+    if not m:
+        raise ValueError(f"not a RAVDESS actor: {speaker!r} (expected Actor_NN)")
+    return "male" if int(m[1]) % 2 else "female"
 
 
 # --- CREMA-D --------------------------------------------------------------------------------
@@ -336,6 +368,34 @@ def load_savee(root: str | Path, dropped: Counter[str] | None = None) -> list[Ut
     return _load_by_name("load_savee", Path(root), _parse_savee, dropped)
 
 
+# --- URDU -----------------------------------------------------------------------------------
+
+# SM1_F10_A010: S + gender + speaker number (SM1 and SF1 are different people), F + clip
+# number, emotion letter + number (2 to 4 digits in the release: A01, A010, A0100).
+_URDU = re.compile(r"^(?P<speaker>S[MF]\d+)_F\d+_(?P<emotion>[AHNS])\d+$", re.IGNORECASE)
+_URDU_EMOTION = {"A": "angry", "H": "happy", "N": "neutral", "S": "sad"}
+
+
+def _parse_urdu(path: Path, dropped: Counter[str]) -> tuple[Utterance, Any] | None:
+    m = _URDU.match(path.stem)
+    if not m:
+        dropped["file name does not match URDU (SM1_F10_A010)"] += 1
+        return None
+    emotion = _URDU_EMOTION[m["emotion"].upper()]
+    folder = canonical_emotion(path.parent.name)
+    if folder is not None and folder != emotion:
+        dropped["folder and file name disagree on the emotion"] += 1
+        return None
+    utt = Utterance(path, emotion, m["speaker"].upper(), "urdu")
+    return utt, path.stem.upper()
+
+
+def load_urdu(root: str | Path, dropped: Counter[str] | None = None) -> list[Utterance]:
+    """URDU (``Angry/SM1_F10_A010.flac``): speaker and emotion from the name; an emotion
+    folder must agree with the name's letter (a mismatch is dropped, not guessed)."""
+    return _load_by_name("load_urdu", Path(root), _parse_urdu, dropped)
+
+
 # --- CSV manifest ---------------------------------------------------------------------------
 
 _MANIFEST_COLUMNS = ("path", "emotion", "speaker", "text", "word", "corpus")
@@ -387,6 +447,7 @@ LOADERS: dict[str, Callable[..., list[Utterance]]] = {
     "cremad": load_cremad,
     "emodb": load_emodb,
     "savee": load_savee,
+    "urdu": load_urdu,
     "manifest": load_manifest,
 }
 _NAME_TESTS: dict[str, Callable[[Path], bool]] = {
@@ -397,7 +458,34 @@ _NAME_TESTS: dict[str, Callable[[Path], bool]] = {
     "cremad": lambda p: bool(_CREMAD.match(p.stem)),
     "emodb": lambda p: bool(_EMODB.match(p.stem)),
     "savee": lambda p: bool(_SAVEE.match(p.stem)),
+    "urdu": lambda p: bool(_URDU.match(p.stem)),
 }
+
+
+def load_corpora(
+    specs: Iterable[str | tuple[str, str | Path]], dropped: Counter[str] | None = None
+) -> list[Utterance]:
+    """Several corpora as one list, from ``(name, path)`` pairs or ``"name=path"`` strings.
+
+    Pair it with ``Utterance.speaker_id`` for speaker grouping, since bare speaker names may
+    repeat across corpora. Drops are counted as ``"name: reason"``.
+    """
+    utts: list[Utterance] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"corpus spec {spec!r} is not name=path")
+        else:
+            name, path = spec
+        name = name.strip().lower().replace("-", "")
+        if name not in LOADERS:
+            raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
+        local: Counter[str] | None = None if dropped is None else Counter()
+        utts += LOADERS[name](Path(path), dropped=local)
+        if dropped is not None and local:
+            dropped.update({f"{name}: {reason}": n for reason, n in local.items()})
+    return utts
 
 
 # --- scanning -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ CORPUS_CHOICES: tuple[str, ...] = (
     "cremad",
     "emodb",
     "savee",
+    "urdu",
     "manifest",
 )
 
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
         "corpus",
         help="inspect emotional-speech corpora",
         description="Inspect an emotional-speech corpus (TESS, RAVDESS, CREMA-D, EmoDB, SAVEE, "
-        "or a CSV manifest) before training on it.",
+        "URDU, or a CSV manifest) before training on it.",
         example="emotion-monitor corpus summarize ../shared/data/tess",
     )
     corpus_sub = group.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND")
