@@ -72,3 +72,22 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.pt")
+
+
+WHISPER_ENV = "EMOTION_MONITOR_WHISPER"
+
+
+def whisper_path() -> Path:
+    default = REPO.parent / "shared" / "models" / "whisper-tiny-encoder.pt"
+    return Path(os.environ.get(WHISPER_ENV, default)).resolve()
+
+
+@pytest.fixture(scope="session")
+def whisper_checkpoint() -> Path:
+    """Whisper tiny's encoder in OpenAI's layout; missing fails under CI, as the corpora do."""
+    path = whisper_path()
+    if not path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"Whisper encoder not found at {path} (set {WHISPER_ENV})")
+        pytest.skip(f"Whisper encoder not found at {path}; set {WHISPER_ENV}")
+    return path
