@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train.corpus_cli",
     "train.experiments_cli",
     "train.streaming_cli",
+    "train.whisper_cli",
     "train.export_cli",
     "streamer.cli",
     "streamer.explain_cli",

@@ -7,6 +7,8 @@ Every exported model takes the raw waveform: the feature front-end that trained 
 
 Two kinds of run directory are understood:
 - ``kind: streaming`` (``train.streaming_train``): the CNN-LSTM, weights in ``final.pt``.
+- ``kind: whisper`` (``train.whisper_train``): Whisper-encoder blocks + the fitted linear head
+  (``head.npz``), the encoder read from the run's local checkpoint (``--encoder`` overrides).
 - ``kind: paper`` (``train.experiments``): the papers' models, ``nn.Sequential(InputNorm, net)``
   weights in ``model.pt``, wrapped here with their front-end (``train.experiments.front_end``)
   and the same reshape step training used (``reshape_features``, a scriptable twin of
@@ -423,11 +425,82 @@ def paper_from_run(run_dir: Path, cfg: dict) -> tuple[nn.Module, dict]:
     return module, card
 
 
+# ---------------------------------------------------------------- whisper runs
+
+def _whisper_metrics(results: dict) -> dict:
+    """Card metrics from ``results.json``'s summary: one entry per (protocol, test, setting)."""
+    out: dict[str, Any] = {}
+    for r in results.get("summary", []):
+        if r["speaker_norm"]:
+            continue  # the served file has no per-speaker statistics
+        key = f"{r['protocol']}: {r['test']} ({r['setting']})"
+        out[key] = {
+            "protocol": r["protocol"], "test": r["test"], "training": r["setting"],
+            "folds": r["folds"], "classes": r["classes"],
+            "accuracy": r["clean_accuracy"], "uar": r["clean_uar"],
+            "macro_f1": r["clean_macro_f1"], "telephone_accuracy": r["ulaw_accuracy"],
+            "telephone_uar": r["ulaw_uar"],
+        }
+    return out
+
+
+def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
+                     ) -> tuple[nn.Module, dict]:
+    import numpy as np
+
+    from train.whisper import HOP_LENGTH, N_FFT, N_MELS
+    from train.whisper_emotion import (
+        ARCHITECTURE,
+        WhisperEmotionConfig,
+        build,
+        count_parameters,
+    )
+
+    encoder = Path(encoder or cfg["encoder"])
+    if not encoder.is_file():
+        raise ExportError(f"{run_dir}: Whisper checkpoint {encoder} not found (pass --encoder)")
+    head_path = run_dir / "head.npz"
+    if not head_path.exists():
+        raise ExportError(f"{run_dir}: no head.npz (train with --final to get the served head)")
+    config = WhisperEmotionConfig(**cfg["model"])
+    model = build(str(encoder), config)
+    with np.load(head_path) as z:
+        model.set_head(z["mean"], z["std"], z["weight"], z["bias"])
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    card = {
+        "name": run_dir.name,
+        "version": "2.0.0",
+        "classes": list(cfg.get("classes") or EMOTIONS),
+        "sample_rate": config.sample_rate,
+        "window_s": config.window_s,
+        "features": {"front_end": "Whisper log-mel (train.whisper.WhisperLogMel): log10, "
+                                  "floor at each window's max - 8, (x + 4) / 4",
+                     "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
+                     "f_min": 0.0, "f_max": config.sample_rate / 2, "mel_scale": "slaney"},
+        "architecture": f"WhisperEmotion: {ARCHITECTURE}; Whisper tiny encoder blocks "
+                        f"1-{config.n_blocks} of 4 (MIT, OpenAI), {config.pooling} positions",
+        "explain_method": "saliency",
+        "explain_layer": "input gradient over the Whisper log-mel [B, 1, 80, 300]",
+        "parameters": count_parameters(model),
+        "training": {"corpora": cfg.get("trained_on"), "clips": cfg.get("n_train"),
+                     "balancing": cfg.get("balancing"), "choice": cfg.get("choice_label"),
+                     "chosen_on": "grouped cross-validation over the training speakers "
+                                  "(3 folds), mean UAR on clean and telephone-band audio",
+                     "encoder": f"Whisper tiny ({encoder.name}), frozen"},
+        "metrics": _whisper_metrics(results),
+        "licence_note": "weights trained on TESS (CC BY-NC-ND 4.0) and RAVDESS (CC BY-NC-SA "
+                        "4.0): non-commercial use; Whisper's encoder is MIT",
+    }
+    return model, card
+
+
 # ---------------------------------------------------------------- entry point
 
 def export(source: str | Path | nn.Module, path: str | Path, card: dict | None = None,
-           overrides: dict | None = None) -> Path:
-    """Export a run directory (streaming or paper) or a module (with ``card``) to ``path``."""
+           overrides: dict | None = None, encoder: str | Path | None = None) -> Path:
+    """Export a run directory (streaming, whisper or paper) or a module (with ``card``) to
+    ``path``; ``encoder`` overrides a whisper run's checkpoint path."""
     if isinstance(source, nn.Module):
         if card is None:
             raise ExportError("exporting a module needs its model card")
@@ -443,6 +516,8 @@ def export(source: str | Path | nn.Module, path: str | Path, card: dict | None =
             module, card = streaming_from_run(run_dir)
         elif kind == "paper":
             module, card = paper_from_run(run_dir, cfg)
+        elif kind == "whisper":
+            module, card = whisper_from_run(run_dir, cfg, encoder)
         else:
             raise ExportError(f"{run_dir}: unknown run kind {kind!r}")
     card = {**card, **(overrides or {})}

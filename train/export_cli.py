@@ -19,7 +19,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.version:
         overrides["version"] = args.version
     try:
-        path = export(args.run_dir, args.output, overrides=overrides)
+        path = export(args.run_dir, args.output, overrides=overrides, encoder=args.encoder)
     except (ExportError, FileNotFoundError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 2
@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
     p = add_command(
         sub, "export",
         help="export a training run as a TorchScript model file with its model card",
-        description="Script a trained run (streaming CNN-LSTM or a paper model) with its feature "
+        description="Script a trained run (Whisper-encoder, streaming CNN-LSTM or a paper model) "
+                    "with its feature "
                     "front-end, so the file takes the raw 3-s waveform; embeds the model card "
                     "and writes NAME.card.json next to it.",
         example="emotion-monitor export runs/streaming/default -o models/default.pt",
@@ -73,6 +74,8 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (models/NAME.pt)")
     p.add_argument("--name", help="model name in the card (default: the run's)")
     p.add_argument("--version", help="model version in the card (default 1.0.0)")
+    p.add_argument("--encoder", help="whisper runs: the Whisper checkpoint (default: the one "
+                   "the run was trained with)")
 
     models = add_command(
         sub, "models",

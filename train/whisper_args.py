@@ -1,0 +1,24 @@
+"""The options of `emotion-monitor train whisper` (stdlib only: the CLI's --help stays light)."""
+
+from __future__ import annotations
+
+import argparse
+
+PROTOCOLS = ("tess-si", "ravdess-ai", "loco", "shipped")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="NAME=PATH",
+                   help="a corpus (tess, ravdess, savee, urdu, ...); repeat for several")
+    p.add_argument("--encoder", required=True,
+                   help="Whisper checkpoint in OpenAI's layout (local file; nothing downloads)")
+    p.add_argument("-o", "--out", required=True, help="run directory (resumable)")
+    p.add_argument("--protocols", nargs="*", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--speaker-norm", default="both", choices=("off", "on", "both"),
+                   help="per-speaker feature standardisation rows (default both)")
+    p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="encoder blocks the choice may read (1-based; default 1 2 3 4)")
+    p.add_argument("--final", nargs="*", default=None, metavar="CORPUS",
+                   help="fit the served head on these corpora (e.g. tess ravdess)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,167 @@
+"""Train and evaluate the Whisper-encoder emotion model on several corpora at once.
+
+    python -m train.whisper_train --data tess=../shared/data/tess \
+        --data ravdess=../shared/data/ravdess --data savee=../shared/data/savee \
+        --data urdu=../shared/data/urdu --encoder ../shared/models/whisper-tiny-encoder.pt \
+        --protocols tess-si ravdess-ai loco shipped -o runs/whisper --final tess ravdess
+
+(``emotion-monitor train whisper`` is the same command.) Writes ``OUT/results.json`` (every
+split: the choice made on training speakers, its validation table, each test set's accuracy,
+UAR, macro-F1, per-class recall and confusion matrix on clean and telephone-band audio),
+``OUT/summary.md`` and ``OUT/report.html``. ``--final CORPUS...`` fits the served head on those
+corpora (choice again by grouped CV over their speakers) and writes ``OUT/config.json`` +
+``OUT/head.npz``, which ``emotion-monitor export OUT -o models/NAME.pt`` turns into a model file.
+Splits already in ``OUT/splits/`` are reused, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train import crosscorpus as cc
+from train.corpus import EMOTIONS, load_corpora
+from train.embeddings import VARIANTS, embed_utterances
+from train.whisper_args import add_arguments
+from train.whisper_emotion import ARCHITECTURE, WhisperEmotionConfig
+
+
+def build_pool(specs: list[str], encoder: str, progress: bool = True) -> cc.Pool:
+    """Load the corpora and their (cached) features for both variants."""
+    utts = load_corpora(specs)
+    feats: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
+    kept_all: list[np.ndarray] = []
+    offset = 0
+    for corpus in dict.fromkeys(u.corpus for u in utts):
+        part = [u for u in utts if u.corpus == corpus]
+        kept_v = None
+        for v in VARIANTS:
+            f, kept = embed_utterances(part, encoder, v, progress=progress)
+            if kept_v is not None and not np.array_equal(kept, kept_v):
+                raise RuntimeError(f"{corpus}: variants kept different files")
+            kept_v = kept
+            feats[v].append(f)
+        kept_all.append(kept_v + offset)
+        offset += len(part)
+    order = [u for corpus in dict.fromkeys(u.corpus for u in utts)
+             for u in utts if u.corpus == corpus]
+    kept_idx = np.concatenate(kept_all)
+    return cc.Pool([order[i] for i in kept_idx], {v: np.concatenate(feats[v]) for v in VARIANTS})
+
+
+def _markdown(summary: list[dict]) -> str:
+    lines = [
+        "| protocol | test | training | speaker norm | folds | accuracy | UAR | macro-F1 | "
+        "telephone accuracy | telephone UAR | drop (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        lines.append(
+            f"| {r['protocol']} | {r['test']} ({len(r['classes'])} classes) | {r['setting']} | "
+            f"{'per speaker' if r['speaker_norm'] else 'none'} | {r['folds']} | "
+            f"{100 * r['clean_accuracy']:.1f} | {100 * r['clean_uar']:.1f} | "
+            f"{100 * r['clean_macro_f1']:.1f} | {100 * r['ulaw_accuracy']:.1f} | "
+            f"{100 * r['ulaw_uar']:.1f} | {100 * r['phone_drop']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(summary: list[dict], path: Path) -> None:
+    """Plotly HTML: one confusion matrix per summary row (clean audio), row-normalised."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in summary]
+    n = len(rows)
+    cols = 3
+    fig = make_subplots(rows=(n + cols - 1) // cols, cols=cols, subplot_titles=[
+        f"{r['protocol']} -> {r['test']}, {r['setting']}, "
+        f"{'spk-norm' if r['speaker_norm'] else 'no norm'}: {100 * r['clean_accuracy']:.1f} %"
+        for r in rows])
+    for i, r in enumerate(rows):
+        cm = np.asarray(r["clean_confusion"], dtype=float)
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        fig.add_trace(go.Heatmap(z=cm, x=r["classes"], y=r["classes"], zmin=0, zmax=1,
+                                 colorscale="Blues", showscale=i == 0,
+                                 text=np.round(100 * cm).astype(int), texttemplate="%{text}"),
+                      row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(autorange="reversed", row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(height=330 * ((n + cols - 1) // cols), width=1300,
+                      title="Held-out speakers and corpora: recall per true class (rows), %")
+    fig.write_html(path, include_plotlyjs="cdn")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    (out / "splits").mkdir(parents=True, exist_ok=True)
+    pool = build_pool(args.data, args.encoder, progress=not args.quiet)
+    print(f"{len(pool.utts)} clips from {', '.join(sorted(set(pool.corpus)))}", file=sys.stderr)
+    blocks = [b - 1 for b in args.blocks]
+    norms = {"off": [False], "on": [True], "both": [False, True]}[args.speaker_norm]
+    results = []
+    todo = [(s, n) for s in cc.splits(pool, args.protocols) for n in norms]
+    for i, (split, norm) in enumerate(todo):
+        key = f"{split.protocol}-{split.name}-{'spk' if norm else 'none'}"
+        file = out / "splits" / ("".join(c if c.isalnum() else "_" for c in key) + ".json")
+        if file.exists():
+            results.append(json.loads(file.read_text()))
+            continue
+        t0 = time.time()
+        r = cc.run_split(pool, split, norm, blocks)
+        r["seconds"] = round(time.time() - t0, 1)
+        file.write_text(json.dumps(r) + "\n")
+        results.append(r)
+        acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
+        print(f"[{i + 1}/{len(todo)}] {key}: {r['choice_label']} -> {acc} ({r['seconds']} s)",
+              file=sys.stderr, flush=True)
+    summary = cc.summarise(results)
+    meta = {"encoder": str(args.encoder), "data": args.data, "blocks": args.blocks,
+            "c_grid": list(cc.C_GRID), "inner_folds": cc.INNER_FOLDS,
+            "machine": platform.platform(), "torch": torch.__version__,
+            "command": " ".join(sys.argv)}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "splits": results,
+                                                  "summary": summary}, indent=1) + "\n")
+    (out / "summary.md").write_text(_markdown(summary))
+    write_report(summary, out / "report.html")
+    print(_markdown(summary))
+    if args.final:
+        final(pool, args, out, blocks)
+    return 0
+
+
+def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int]) -> None:
+    """Fit the served head on ``--final`` corpora; save what export needs."""
+    rows = np.flatnonzero(np.isin(pool.corpus, args.final))
+    choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks)
+    head = cc.train_head(pool, rows, choice, speaker_norm=False)
+    np.savez(out / "head.npz", mean=head.mean, std=head.std, weight=head.weight, bias=head.bias)
+    config = WhisperEmotionConfig(n_blocks=choice.block + 1, pooling=cc.POOLINGS[choice.pooling])
+    (out / "config.json").write_text(json.dumps({
+        "kind": "whisper", "model": config.to_dict(), "encoder": str(Path(args.encoder)),
+        "classes": list(EMOTIONS), "choice": asdict(choice), "choice_label": choice.label(),
+        "validation": table, "trained_on": sorted(args.final), "n_train": int(len(rows)),
+        "architecture": ARCHITECTURE,
+        "balancing": "each (corpus, class) cell has equal total weight",
+    }, indent=1) + "\n")
+    print(f"final head: {choice.label()} on {len(rows)} clips of {', '.join(args.final)} "
+          f"-> {out / 'head.npz'}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.whisper_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
