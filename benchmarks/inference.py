@@ -8,7 +8,10 @@ Loads the TorchScript file alone (as the streamer does) and times, on 3-s window
 on the CPU with ``--threads`` threads (default 2), and on CUDA when available.
 Prints JSON (machine, settings, medians and p95s) and a one-line summary.
 
-    .venv/bin/python benchmarks/inference.py [models/default.pt] [--repeats 50]
+    .venv/bin/python benchmarks/inference.py [models/default.pt ...] [--repeats 50]
+
+Several files are timed round-robin in one run (each repeat cycles through the models), so
+their ratios share the machine's load; the JSON adds each file's size.
 
 The CPU here is shared: the figures include whatever else runs; ``cpu_load_1min`` says how busy
 the machine was. ``OMP_WAIT_POLICY`` defaults to PASSIVE here (set it to ACTIVE to compare):
@@ -94,6 +97,10 @@ def _stats(timed: tuple[list, list]) -> dict:
 
 
 def bench(path: Path, device: torch.device, repeats: int, batch: int) -> dict:
+    return bench_many([path], device, repeats, batch)[0]
+
+
+def _callables(path: Path, device: torch.device, batch: int) -> dict:
     module, card = _load(path, device)
     n = int(round(card["sample_rate"] * card["window_s"]))
     method = card.get("explain_method", "gradcam")
@@ -112,22 +119,42 @@ def bench(path: Path, device: torch.device, repeats: int, batch: int) -> dict:
         with torch.no_grad():
             module(many)
 
-    forward = _time(fwd1, repeats, device)
-    gradcam = _time(cam1, repeats, device)
-    batched = _time(fwd_b, max(5, repeats // 5), device, warmup=2)
-    return {
-        "device": str(device),
-        "forward_batch1_ms": _stats(forward),
-        "forward_gradcam_batch1_ms": _stats(gradcam),
-        f"forward_batch{batch}_ms": _stats(batched),
-        f"windows_per_s_batch{batch}": float(batch * 1000.0 / np.median(batched[0])),
-    }
+    return {"fwd1": fwd1, "cam1": cam1, "fwd_b": fwd_b}
+
+
+def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int) -> list[dict]:
+    """Time every model, interleaved: each round runs each model's call once."""
+    calls = [_callables(p, device, batch) for p in paths]
+    timed: list[dict[str, tuple[list, list]]] = [{} for _ in paths]
+    for name, rounds in (("fwd1", repeats), ("cam1", repeats), ("fwd_b", max(5, repeats // 5))):
+        for c in calls:
+            for _ in range(2):
+                c[name]()
+        for t in timed:
+            t[name] = ([], [])
+        for _ in range(rounds):
+            for c, t in zip(calls, timed, strict=True):
+                w, cpu = _time(c[name], 1, device, warmup=0)
+                t[name][0].extend(w)
+                t[name][1].extend(cpu)
+    out = []
+    for path, t in zip(paths, timed, strict=True):
+        out.append({
+            "device": str(device),
+            "model": str(path),
+            "file_mb": round(path.stat().st_size / 1e6, 2),
+            "forward_batch1_ms": _stats(t["fwd1"]),
+            "forward_gradcam_batch1_ms": _stats(t["cam1"]),
+            f"forward_batch{batch}_ms": _stats(t["fwd_b"]),
+            f"windows_per_s_batch{batch}": float(batch * 1000.0 / np.median(t["fwd_b"][0])),
+        })
+    return out
 
 
 def main() -> None:
     default = Path(__file__).resolve().parents[1] / "models" / "default.pt"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", type=Path, default=default)
+    p.add_argument("model", nargs="*", type=Path, default=[default])
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
@@ -135,10 +162,11 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    _, card = _load(args.model, torch.device("cpu"))
-    runs = [bench(args.model, torch.device("cpu"), args.repeats, args.batch)]
+    cards = [_load(m, torch.device("cpu"))[1] for m in args.model]
+    card = cards[0]
+    runs = bench_many(args.model, torch.device("cpu"), args.repeats, args.batch)
     if torch.cuda.is_available() and not args.no_cuda:
-        runs.append(bench(args.model, torch.device("cuda"), args.repeats, args.batch))
+        runs += bench_many(args.model, torch.device("cuda"), args.repeats, args.batch)
     result = {
         "machine": {"platform": platform.platform(),
                     "cpu": platform.processor() or platform.machine(),
@@ -146,9 +174,10 @@ def main() -> None:
                     "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "cpu_load_1min": os.getloadavg()[0]},
-        "settings": {"model": str(args.model), "name": card.get("name"),
-                     "parameters": card.get("parameters"),
-                     "explain_method": card.get("explain_method"),
+        "settings": {"models": [str(m) for m in args.model],
+                     "names": [c.get("name") for c in cards],
+                     "parameters": [c.get("parameters") for c in cards],
+                     "explain_methods": [c.get("explain_method") for c in cards],
                      "window_s": card["window_s"], "sample_rate": card["sample_rate"],
                      "cpu_threads": args.threads, "repeats": args.repeats,
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -158,7 +187,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     for r in runs:
         f, g = r["forward_batch1_ms"], r["forward_gradcam_batch1_ms"]
-        print(f"{r['device']}: forward p50 {f['p50']:.1f} ms (p95 {f['p95']:.1f}, CPU "
+        print(f"{r['model']} ({r['file_mb']} MB) {r['device']}: forward p50 {f['p50']:.1f} ms "
+              f"(p95 {f['p95']:.1f}, CPU "
               f"{f['cpu_ms_p50']:.1f}), forward+Grad-CAM p50 {g['p50']:.1f} ms (p95 "
               f"{g['p95']:.1f}, CPU {g['cpu_ms_p50']:.1f}), "
               f"{r[f'windows_per_s_batch{args.batch}']:.0f} windows/s at batch {args.batch} "

@@ -321,7 +321,9 @@ def summarise(results: list[dict]) -> list[dict]:
             family = "4 actor folds"
         for test, by_variant in r["tests"].items():
             key = (r["protocol"], test, family, r["speaker_norm"])
-            groups.setdefault(key, []).append(by_variant)
+            stream = (r.get("stream") or {}).get(test)
+            groups.setdefault(key, []).append(
+                {**by_variant, "stream": stream["accuracy"] if stream else None})
     rows = []
     for (protocol, test, family, norm), items in groups.items():
         row = {"protocol": protocol, "test": test, "setting": family, "speaker_norm": norm,
@@ -332,6 +334,8 @@ def summarise(results: list[dict]) -> list[dict]:
             row[f"{v}_confusion"] = np.sum([it[v]["confusion"] for it in items], axis=0).tolist()
             row["classes"] = items[0][v]["classes"]
         row["phone_drop"] = row["clean_accuracy"] - row["ulaw_accuracy"]
+        streams = [it["stream"] for it in items if it["stream"] is not None]
+        row["stream_accuracy"] = float(np.mean(streams)) if len(streams) == len(items) else None
         rows.append(row)
     return rows
 

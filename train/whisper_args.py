@@ -20,5 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder blocks the choice may read (1-based; default 1 2 3 4)")
     p.add_argument("--final", nargs="*", default=None, metavar="CORPUS",
                    help="fit the served head on these corpora (e.g. tess ravdess)")
+    p.add_argument("--calm", default="neutral", choices=("neutral", "drop"),
+                   help="RAVDESS calm clips: count as neutral (default) or leave out")
+    p.add_argument("--stream", action="store_true",
+                   help="also score each split's held-out clips as one stream (3-s windows, "
+                   "hop 0.5 s; the stream protocol)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -28,14 +28,23 @@ import numpy as np
 import torch
 
 from train import crosscorpus as cc
-from train.corpus import EMOTIONS, load_corpora
+from train.audio import load_audio
+from train.corpus import EMOTIONS, Utterance, load_corpora
 from train.embeddings import VARIANTS, embed_utterances
+from train.stream_eval import build_stream, evaluate_stream
 from train.whisper_args import add_arguments
-from train.whisper_emotion import ARCHITECTURE, WhisperEmotionConfig
+from train.whisper_emotion import ARCHITECTURE, WhisperEmotionConfig, build
 
 
-def build_pool(specs: list[str], encoder: str, progress: bool = True) -> cc.Pool:
-    """Load the corpora and their (cached) features for both variants."""
+def is_calm(utt: Utterance) -> bool:
+    """A RAVDESS "calm" clip (emotion code 02), which the loader counts as neutral."""
+    return utt.corpus == "ravdess" and utt.path.stem.split("-")[2:3] == ["02"]
+
+
+def build_pool(specs: list[str], encoder: str, progress: bool = True,
+               calm: str = "neutral") -> cc.Pool:
+    """Load the corpora and their (cached) features for both variants; ``calm="drop"`` leaves
+    RAVDESS's calm clips out (features are cached for the whole corpus either way)."""
     utts = load_corpora(specs)
     feats: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
     kept_all: list[np.ndarray] = []
@@ -54,22 +63,27 @@ def build_pool(specs: list[str], encoder: str, progress: bool = True) -> cc.Pool
     order = [u for corpus in dict.fromkeys(u.corpus for u in utts)
              for u in utts if u.corpus == corpus]
     kept_idx = np.concatenate(kept_all)
-    return cc.Pool([order[i] for i in kept_idx], {v: np.concatenate(feats[v]) for v in VARIANTS})
+    utts = [order[i] for i in kept_idx]
+    keep = np.array([calm != "drop" or not is_calm(u) for u in utts])
+    return cc.Pool([u for u, k in zip(utts, keep, strict=True) if k],
+                   {v: np.concatenate(feats[v])[keep] for v in VARIANTS})
 
 
 def _markdown(summary: list[dict]) -> str:
     lines = [
         "| protocol | test | training | speaker norm | folds | accuracy | UAR | macro-F1 | "
-        "telephone accuracy | telephone UAR | drop (points) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "telephone accuracy | telephone UAR | drop (points) | stream windows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
+        stream = r.get("stream_accuracy")
         lines.append(
             f"| {r['protocol']} | {r['test']} ({len(r['classes'])} classes) | {r['setting']} | "
             f"{'per speaker' if r['speaker_norm'] else 'none'} | {r['folds']} | "
             f"{100 * r['clean_accuracy']:.1f} | {100 * r['clean_uar']:.1f} | "
             f"{100 * r['clean_macro_f1']:.1f} | {100 * r['ulaw_accuracy']:.1f} | "
-            f"{100 * r['ulaw_uar']:.1f} | {100 * r['phone_drop']:.1f} |"
+            f"{100 * r['ulaw_uar']:.1f} | {100 * r['phone_drop']:.1f} | "
+            f"{'—' if stream is None else f'{100 * stream:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -103,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "splits").mkdir(parents=True, exist_ok=True)
-    pool = build_pool(args.data, args.encoder, progress=not args.quiet)
+    pool = build_pool(args.data, args.encoder, progress=not args.quiet, calm=args.calm)
     print(f"{len(pool.utts)} clips from {', '.join(sorted(set(pool.corpus)))}", file=sys.stderr)
     blocks = [b - 1 for b in args.blocks]
     norms = {"off": [False], "on": [True], "both": [False, True]}[args.speaker_norm]
@@ -113,18 +127,24 @@ def run(args: argparse.Namespace) -> int:
         key = f"{split.protocol}-{split.name}-{'spk' if norm else 'none'}"
         file = out / "splits" / ("".join(c if c.isalnum() else "_" for c in key) + ".json")
         if file.exists():
-            results.append(json.loads(file.read_text()))
-            continue
-        t0 = time.time()
-        r = cc.run_split(pool, split, norm, blocks)
-        r["seconds"] = round(time.time() - t0, 1)
-        file.write_text(json.dumps(r) + "\n")
+            r = json.loads(file.read_text())
+        else:
+            t0 = time.time()
+            r = cc.run_split(pool, split, norm, blocks)
+            r["seconds"] = round(time.time() - t0, 1)
+            file.write_text(json.dumps(r) + "\n")
+            acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
+            print(f"[{i + 1}/{len(todo)}] {key}: {r['choice_label']} -> {acc} "
+                  f"({r['seconds']} s)", file=sys.stderr, flush=True)
+        if args.stream and not norm and "stream" not in r:
+            r["stream"] = stream_accuracy(pool, split, r, args.encoder)
+            file.write_text(json.dumps(r) + "\n")
+            print(f"    stream: {json.dumps({k: v['accuracy'] for k, v in r['stream'].items()})}",
+                  file=sys.stderr, flush=True)
         results.append(r)
-        acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
-        print(f"[{i + 1}/{len(todo)}] {key}: {r['choice_label']} -> {acc} ({r['seconds']} s)",
-              file=sys.stderr, flush=True)
     summary = cc.summarise(results)
     meta = {"encoder": str(args.encoder), "data": args.data, "blocks": args.blocks,
+            "ravdess_calm": args.calm,
             "c_grid": list(cc.C_GRID), "inner_folds": cc.INNER_FOLDS,
             "machine": platform.platform(), "torch": torch.__version__,
             "command": " ".join(sys.argv)}
@@ -136,6 +156,34 @@ def run(args: argparse.Namespace) -> int:
     if args.final:
         final(pool, args, out, blocks)
     return 0
+
+
+def stream_accuracy(pool: cc.Pool, split: cc.Split, result: dict, encoder: str) -> dict:
+    """The stream protocol (``train.stream_eval``) on each test set of a split: the split's
+    head in the served model, the held-out clips concatenated into one stream, 3-s windows
+    every 0.5 s, argmax over the classes the test set shares with training."""
+    choice = cc.Choice(**result["choice"])
+    head = cc.train_head(pool, split.train, choice, speaker_norm=False)
+    model = build(encoder, WhisperEmotionConfig(n_blocks=choice.block + 1,
+                                                pooling=cc.POOLINGS[choice.pooling]))
+    model.set_head(head.mean, head.std, head.weight, head.bias)
+    out = {}
+    for name, rows in split.tests.items():
+        classes = [EMOTIONS.index(c) for c in result["tests"][name]["clean"]["classes"]]
+        rows = rows[np.isin(pool.label[rows], classes)]
+        clips = [torch.from_numpy(load_audio(pool.utts[i].path)) for i in rows]
+        stream = build_stream(clips, pool.label[rows].tolist(), seed=0)
+        allowed = torch.full((len(EMOTIONS),), float("-inf"))
+        allowed[classes] = 0.0
+
+        def predict(batch: torch.Tensor, allowed: torch.Tensor = allowed) -> torch.Tensor:
+            logits, _, _ = model.explain(batch)
+            return torch.softmax(logits + allowed, dim=-1)
+
+        r = evaluate_stream(predict, stream, len(EMOTIONS))
+        out[name] = {"accuracy": r["accuracy"], "n_windows": r["n_windows"],
+                     "protocol": r["protocol"]}
+    return out
 
 
 def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int]) -> None:

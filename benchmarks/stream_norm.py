@@ -1,0 +1,166 @@
+"""Per-stream feature normalisation: how many seconds of a voice it needs, and what it costs.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/stream_norm.py \
+        --data tess=../shared/data/tess --data ravdess=../shared/data/ravdess \
+        --data savee=../shared/data/savee --encoder ../shared/models/whisper-tiny-encoder.pt \
+        --run runs/whisper --out benchmarks/results/stream_norm.json
+
+A monitored stream is one voice, so the pooled encoder features can be standardised by that
+stream's running mean and standard deviation, as the offline "per speaker" rows standardise by
+the speaker's whole set. Offline that set is balanced over emotions; a real call is not. This
+script replays each held-out speaker as a stream of 3-s windows (one clip each, drawn with
+replacement) under three emotion mixes -- balanced, 70 % neutral, 70 % angry (a caller angry
+most of the call) -- and scores, at every position k of the stream, (a) the global head,
+(b) the per-speaker head with statistics of the first k windows only, shrunk towards the
+training speakers' average statistics with a prior of ``--prior`` windows.
+
+Held out: RAVDESS actor folds (head trained on TESS + the other actors), TESS actresses (head
+on the other actress + RAVDESS), SAVEE (head on TESS + RAVDESS). The block, pooling, C and
+augmentation are the served model's (``RUN/config.json``, chosen on its training speakers).
+Prints JSON and a one-line summary; writes a Plotly HTML of accuracy vs seconds of speech.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from train import crosscorpus as cc  # noqa: E402
+from train.corpus import EMOTIONS  # noqa: E402
+from train.whisper_train import build_pool  # noqa: E402
+
+POSITIONS = (1, 2, 3, 5, 10, 20, 40)
+MIXES = {"balanced": None, "70% neutral": "neutral", "70% angry": "angry"}
+WINDOW_S = 3.0
+
+
+def stream_rows(rows: np.ndarray, labels: np.ndarray, n: int, mix: str | None,
+                rng: np.random.Generator) -> np.ndarray:
+    """``n`` clip rows of one speaker: uniform over emotions, or 70 % ``mix`` and the rest
+    uniform over the other emotions (with replacement)."""
+    emotions = sorted(set(labels.tolist()))
+    if mix is None:
+        probs = {e: 1 / len(emotions) for e in emotions}
+    else:
+        main = EMOTIONS.index(mix)
+        others = [e for e in emotions if e != main]
+        probs = {e: (0.7 if e == main else 0.3 / len(others)) for e in emotions}
+    picks = rng.choice(emotions, size=n, p=[probs[e] for e in emotions])
+    return np.array([rng.choice(rows[labels == e]) for e in picks])
+
+
+def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
+                   spk_head: cc.LinearHead, prior_mean: np.ndarray, prior_std: np.ndarray,
+                   prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per position k: correct under the global head, and under the speaker head with the
+    first k windows' statistics shrunk towards the prior (``prior`` pseudo-windows)."""
+    k = np.arange(1, len(x) + 1)[:, None]
+    csum = np.cumsum(x, axis=0)
+    csq = np.cumsum(x * x, axis=0)
+    mean = (csum + prior * prior_mean) / (k + prior)
+    second = (csq + prior * (prior_std**2 + prior_mean**2)) / (k + prior)
+    std = np.sqrt(np.maximum(second - mean**2, 1e-8))
+    g = global_head.logits(x).argmax(1) == y
+    s = spk_head.logits((x - mean) / (std + 1e-5)).argmax(1) == y
+    return g, s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", action="append", required=True)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--run", required=True, help="the served model's run dir (its choice)")
+    p.add_argument("--streams", type=int, default=20, help="random streams per speaker and mix")
+    p.add_argument("--length", type=int, default=max(POSITIONS))
+    p.add_argument("--prior", type=float, default=5.0,
+                   help="pseudo-windows of the training speakers' average statistics")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    cfg = json.loads((Path(args.run) / "config.json").read_text())
+    choice = cc.Choice(**cfg["choice"])
+    pool = build_pool(args.data, args.encoder, progress=False)
+    held = [("ravdess", s) for s in cc.splits(pool, ["ravdess-ai"])]
+    held += [("tess", s) for s in cc.splits(pool, ["tess-si"]) if "RAVDESS" in s.name]
+    held += [("savee", s) for s in cc.splits(pool, ["loco"]) if "savee" in s.tests]
+    rng = np.random.default_rng(0)
+    curves: dict[str, dict[str, list[list[float]]]] = {m: {"global": [], "speaker": []}
+                                                        for m in MIXES}
+    for corpus, split in held:
+        train = split.train
+        if corpus == "savee":  # the shipped recipe: TESS + RAVDESS only
+            train = train[np.isin(pool.corpus[train], ["tess", "ravdess"])]
+        g_head = cc.train_head(pool, train, choice, speaker_norm=False)
+        s_head = cc.train_head(pool, train, choice, speaker_norm=True)
+        xtr = pool.feats["clean"][train, choice.pooling, choice.block]
+        spk_means = [xtr[pool.speaker[train] == s].mean(0) for s in np.unique(pool.speaker[train])]
+        spk_stds = [xtr[pool.speaker[train] == s].std(0) for s in np.unique(pool.speaker[train])]
+        prior_mean, prior_std = np.mean(spk_means, 0), np.mean(spk_stds, 0)
+        rows = next(iter(split.tests.values()))
+        for spk in np.unique(pool.speaker[rows]):
+            srows = rows[pool.speaker[rows] == spk]
+            for mix, target in MIXES.items():
+                for _ in range(args.streams):
+                    picked = stream_rows(srows, pool.label[srows], args.length, target, rng)
+                    x = pool.feats["clean"][picked, choice.pooling, choice.block]
+                    g, s = running_scores(x, pool.label[picked], g_head, s_head, prior_mean,
+                                          prior_std, args.prior)
+                    curves[mix]["global"].append(g.astype(float).tolist())
+                    curves[mix]["speaker"].append(s.astype(float).tolist())
+    result = {"benchmark": "stream_norm", "machine": platform.platform(),
+              "settings": {"choice": cfg["choice"], "streams_per_speaker_mix": args.streams,
+                           "length_windows": args.length, "prior_windows": args.prior,
+                           "window_s": WINDOW_S, "held_out": [f"{c}: {s.name}" for c, s in held]},
+              "accuracy": {}}
+    for mix, c in curves.items():
+        g = np.asarray(c["global"]).mean(0)
+        s = np.asarray(c["speaker"]).mean(0)
+        result["accuracy"][mix] = {
+            "n_streams": len(c["global"]),
+            "seconds": [k * WINDOW_S for k in POSITIONS],
+            "global": [round(float(g[k - 1]), 4) for k in POSITIONS],
+            "speaker_norm": [round(float(s[k - 1]), 4) for k in POSITIONS],
+            "global_mean_all": round(float(g.mean()), 4),
+            "speaker_norm_mean_all": round(float(s.mean()), 4),
+        }
+    result["seconds"] = round(time.time() - t0, 1)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for mix, c in curves.items():
+            for head in ("global", "speaker"):
+                acc = np.asarray(c[head]).mean(0)
+                fig.add_trace(go.Scatter(x=np.arange(1, len(acc) + 1) * WINDOW_S, y=100 * acc,
+                                         name=f"{mix}, {head}", mode="lines",
+                                         line={"dash": "dot" if head == "global" else "solid"}))
+        fig.update_layout(title="Held-out voices as streams: accuracy of window k vs seconds "
+                                "of speech heard", xaxis_title="seconds of speech (3 s/window)",
+                          yaxis_title="window accuracy, %", width=1000, height=550)
+        fig.write_html(Path(args.out).with_suffix(".html"), include_plotlyjs="cdn")
+    b = result["accuracy"]["balanced"]
+    a = result["accuracy"]["70% angry"]
+    print(f"stream_norm: balanced streams {100 * b['global_mean_all']:.1f} % global vs "
+          f"{100 * b['speaker_norm_mean_all']:.1f} % per-stream norm; 70 % angry "
+          f"{100 * a['global_mean_all']:.1f} vs {100 * a['speaker_norm_mean_all']:.1f} %; "
+          f"first window {100 * b['global'][0]:.1f} vs {100 * b['speaker_norm'][0]:.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
