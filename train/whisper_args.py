@@ -25,5 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true",
                    help="also score each split's held-out clips as one stream (3-s windows, "
                    "hop 0.5 s; the stream protocol)")
+    p.add_argument("--publish", default=None, metavar="DIR",
+                   help="also write the table into DIR/crosscorpus.md (between its markers), "
+                   "DIR/crosscorpus.json and DIR/crosscorpus.html (e.g. docs/results)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

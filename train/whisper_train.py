@@ -153,9 +153,30 @@ def run(args: argparse.Namespace) -> int:
     (out / "summary.md").write_text(_markdown(summary))
     write_report(summary, out / "report.html")
     print(_markdown(summary))
+    if args.publish:
+        publish(out, Path(args.publish), meta, summary)
     if args.final:
         final(pool, args, out, blocks)
     return 0
+
+
+MARK_START, MARK_END = "<!-- crosscorpus-table:start -->", "<!-- crosscorpus-table:end -->"
+
+
+def publish(out: Path, docs: Path, meta: dict, summary: list[dict]) -> None:
+    """Write the table into ``docs/crosscorpus.md`` (between its markers) and the summary
+    (with confusion matrices) to ``docs/crosscorpus.json``; copy the HTML report."""
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "crosscorpus.json").write_text(json.dumps({"meta": meta, "summary": summary},
+                                                      indent=1) + "\n")
+    md = docs / "crosscorpus.md"
+    table = f"{MARK_START}\n{_markdown(summary)}{MARK_END}"
+    text = (md.read_text() if md.exists()
+            else f"# Cross-speaker and cross-corpus results\n\n{table}\n")
+    if MARK_START in text and MARK_END in text:
+        text = text[:text.index(MARK_START)] + table + text[text.index(MARK_END) + len(MARK_END):]
+    md.write_text(text)
+    (docs / "crosscorpus.html").write_bytes((out / "report.html").read_bytes())
 
 
 def stream_accuracy(pool: cc.Pool, split: cc.Split, result: dict, encoder: str) -> dict:
