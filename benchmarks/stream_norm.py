@@ -66,12 +66,8 @@ def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
                    prior: float) -> tuple[np.ndarray, np.ndarray]:
     """Per position k: correct under the global head, and under the speaker head with the
     first k windows' statistics shrunk towards the prior (``prior`` pseudo-windows)."""
-    k = np.arange(1, len(x) + 1)[:, None]
-    csum = np.cumsum(x, axis=0)
-    csq = np.cumsum(x * x, axis=0)
-    mean = (csum + prior * prior_mean) / (k + prior)
-    second = (csq + prior * (prior_std**2 + prior_mean**2)) / (k + prior)
-    std = np.sqrt(np.maximum(second - mean**2, 1e-8))
+    mean, std = cc.shrunk_moments(np.arange(1, len(x) + 1), np.cumsum(x, axis=0),
+                                  np.cumsum(x * x, axis=0), prior_mean, prior_std, prior)
     g = global_head.logits(x).argmax(1) == y
     s = spk_head.logits((x - mean) / (std + 1e-5)).argmax(1) == y
     return g, s
@@ -104,10 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             train = train[np.isin(pool.corpus[train], ["tess", "ravdess"])]
         g_head = cc.train_head(pool, train, choice, speaker_norm=False)
         s_head = cc.train_head(pool, train, choice, speaker_norm=True)
-        xtr = pool.feats["clean"][train, choice.pooling, choice.block]
-        spk_means = [xtr[pool.speaker[train] == s].mean(0) for s in np.unique(pool.speaker[train])]
-        spk_stds = [xtr[pool.speaker[train] == s].std(0) for s in np.unique(pool.speaker[train])]
-        prior_mean, prior_std = np.mean(spk_means, 0), np.mean(spk_stds, 0)
+        prior_mean, prior_std = cc.speaker_prior(
+            pool.feats["clean"][train, choice.pooling, choice.block], pool.speaker[train])
         rows = next(iter(split.tests.values()))
         for spk in np.unique(pool.speaker[rows]):
             srows = rows[pool.speaker[rows] == spk]

@@ -66,6 +66,9 @@ def _register_stream(sub: Any) -> None:
     m.add_argument("--hop", type=float, default=0.5, help="window hop, seconds (default 0.5)")
     m.add_argument("--explain-every", type=int, default=1, metavar="N",
                    help="Grad-CAM every N-th voiced window of a stream; 0 = off (default 1)")
+    m.add_argument("--stream-norm", default="auto", choices=["auto", "on", "off"],
+                   help="standardise each stream's features by its own running statistics "
+                   "(auto: where the model file offers it; see benchmarks/stream_norm.py)")
     m.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
                    help="voice activity detection (default silero)")
     m.add_argument("--vad-threshold", type=float, default=0.5,
@@ -165,6 +168,7 @@ def _stream(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    from streamer import stream_norm
     from streamer.daemon import Daemon, DaemonConfig
     from streamer.model import ModelError, ServedModel
 
@@ -180,10 +184,15 @@ def _stream(args: argparse.Namespace) -> int:
         return 2
     config = DaemonConfig(
         model_path=args.model, device=args.device, hop_s=args.hop,
-        explain_every=args.explain_every, vad=args.vad, vad_threshold=args.vad_threshold,
-        sessions_dir=args.sessions_dir, session_id=args.session_id,
+        explain_every=args.explain_every, stream_norm=args.stream_norm, vad=args.vad,
+        vad_threshold=args.vad_threshold, sessions_dir=args.sessions_dir,
+        session_id=args.session_id,
         record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
         exit_when_done=args.exit_when_done, server=server)
+    if args.stream_norm == "on" and not stream_norm.supported(model):
+        print(f"error: --stream-norm on: {args.model} has no per-stream normalisation "
+              "(its card has no 'stream_norm'); use --stream-norm auto or off", file=sys.stderr)
+        return 2
     sources = build_sources(args, model.sample_rate)
     daemon = Daemon(config, sources, model=model)
 

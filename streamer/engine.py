@@ -16,6 +16,7 @@ import numpy as np
 
 from streamer import protocol
 from streamer.model import ServedModel
+from streamer.stream_norm import StreamNorm, supported
 from streamer.vad import Vad, VadConfig
 from streamer.windows import Window
 
@@ -41,11 +42,15 @@ class Engine:
     """
 
     def __init__(self, model: ServedModel, vad: VadConfig | None = VadConfig(),
-                 explain_every: int = 1, max_batch: int = 64, explain_drops: bool = False
-                 ) -> None:
+                 explain_every: int = 1, max_batch: int = 64, explain_drops: bool = False,
+                 stream_norm: bool | None = None) -> None:
         if explain_every < 0:
             raise ValueError("explain_every must be >= 0")
         self.model = model
+        # Per-stream normalisation: on by default where the model file offers it.
+        if stream_norm is None:
+            stream_norm = supported(model)
+        self.norm = StreamNorm(model) if stream_norm else None
         self.vad = Vad(vad, model.sample_rate) if vad is not None else None
         self.explain_every = explain_every
         self.max_batch = max(1, max_batch)
@@ -61,9 +66,16 @@ class Engine:
         for b in batch_sizes:
             for _ in range(2):
                 self.model.predict(zeros[:b])
+        stats = None
+        if self.norm is not None:  # warm the per-stream path too, then forget the stream
+            for b in batch_sizes:
+                for _ in range(2):
+                    _, mean, std = self.norm.predict(["warmup"] * b, zeros[:b])
+            stats = [(mean[0], std[0])]
+            self.norm.end_stream("warmup")
         if self.explain_every:  # a failure is logged here and again with real windows
             self._explain([Window("warmup", 0, 0.0, self.model.window_s, 0.0, 0.0, zeros[0], 0,
-                                  zeros.shape[1])])
+                                  zeros.shape[1])], stats)
         self.stats = dict.fromkeys(self.stats, 0)
 
     def feed(self, stream_id: str, samples: np.ndarray, start_sample: int) -> None:
@@ -80,8 +92,10 @@ class Engine:
             self.vad.close()
 
     def end_stream(self, stream_id: str) -> None:
-        """Forget a stream's VAD state and explanation counter."""
+        """Forget a stream's VAD state, explanation counter and normalisation statistics."""
         self._voiced_count.pop(stream_id, None)
+        if self.norm is not None:
+            self.norm.end_stream(stream_id)
         if self.vad is not None:
             self.vad.end_stream(stream_id)
 
@@ -90,12 +104,20 @@ class Engine:
             return [1.0] * len(windows)
         return self.vad.voiced_fractions(windows)
 
-    def _predict(self, windows: list[Window]) -> np.ndarray:
-        out = []
+    def _predict(self, windows: list[Window]) -> tuple[np.ndarray, list | None]:
+        """Probabilities, and each window's stream statistics when normalising per stream."""
+        out, stats = [], []
         for lo in range(0, len(windows), self.max_batch):
-            batch = np.stack([w.samples for w in windows[lo:lo + self.max_batch]])
-            out.append(self.model.predict(batch))
-        return np.concatenate(out) if out else np.zeros((0, len(self.model.classes)))
+            part = windows[lo:lo + self.max_batch]
+            batch = np.stack([w.samples for w in part])
+            if self.norm is None:
+                out.append(self.model.predict(batch))
+                continue
+            probs, mean, std = self.norm.predict([w.stream_id for w in part], batch)
+            out.append(probs)
+            stats += list(zip(mean, std, strict=True))
+        probs = np.concatenate(out) if out else np.zeros((0, len(self.model.classes)))
+        return probs, (stats if self.norm is not None else None)
 
     def _wants_explanation(self, stream_id: str) -> bool:
         n = self._voiced_count.get(stream_id, 0)
@@ -121,9 +143,10 @@ class Engine:
         fractions = self.voiced_fractions(windows)
         voiced = [self.vad.is_voiced(f) if self.vad else True for f in fractions]
         vw = [w for w, v in zip(windows, voiced, strict=True) if v]
-        probs = self._predict(vw)
+        probs, norm_stats = self._predict(vw)
         classes = self.model.classes
         to_explain: list[Window] = []
+        explain_stats: list = []
         k = 0
         for win, is_voiced in zip(windows, voiced, strict=True):
             self.stats["windows"] += 1
@@ -134,22 +157,32 @@ class Engine:
                 self.stats["voiced"] += 1
                 if self._wants_explanation(win.stream_id):
                     to_explain.append(win)
+                    if norm_stats is not None:
+                        explain_stats.append(norm_stats[k - 1])
             latency = (time.perf_counter() - win.arrived) * 1000.0
             out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
                                     win.wall_time, row, latency, classes, voiced=is_voiced))
         for lo in range(0, len(to_explain), self.max_batch):
-            for msg in self._explain(to_explain[lo:lo + self.max_batch]):
+            part_stats = explain_stats[lo:lo + self.max_batch] if explain_stats else None
+            for msg in self._explain(to_explain[lo:lo + self.max_batch], part_stats):
                 out(msg)
         return messages
 
-    def _explain(self, windows: list[Window]) -> list[Message]:
+    def _explain(self, windows: list[Window], stats: list | None = None) -> list[Message]:
         """Grad-CAM frames (streamer.gradcam); a failure costs the explanations, not the
-        predictions."""
+        predictions. ``stats``: each window's (mean, std) when normalising per stream."""
         try:
+            import torch
+
             from streamer import gradcam
 
+            stream_stats = None
+            if stats:
+                stream_stats = (torch.stack([m for m, _ in stats]),
+                                torch.stack([s for _, s in stats]))
             expls = gradcam.explain_windows(self.model, np.stack([w.samples for w in windows]),
-                                            metrics=self.explain_drops)
+                                            metrics=self.explain_drops,
+                                            stream_stats=stream_stats)
             for e in expls:  # older gradcam versions left metrics None without the drops
                 if e.metrics is None:
                     grid = gradcam.spec_grid(self.model.card, *e.cam.shape)

@@ -304,8 +304,19 @@ def _fresh_copy(module: torch.jit.ScriptModule, device: torch.device) -> torch.j
     return copy
 
 
+StreamStats = tuple[torch.Tensor, torch.Tensor]  # per-window (mean, std) of stream_norm models
+
+
+def _call_explain(module: Any, x: torch.Tensor, stream_stats: StreamStats | None) -> tuple:
+    """``explain``, or ``explain_stream`` with each window's stream statistics."""
+    if stream_stats is None:
+        return module.explain(x)
+    mean, std = stream_stats
+    return module.explain_stream(x, mean.to(x.device, x.dtype), std.to(x.device, x.dtype))
+
+
 def _explain_and_grad(module: Any, waves: torch.Tensor, targets: Any, method: str,
-                      classes: Sequence[str]) -> tuple:
+                      classes: Sequence[str], stream_stats: StreamStats | None = None) -> tuple:
     """explain() + the gradient of each window's target logit w.r.t. the map's input.
 
     TorchScript caveat (found here, torch 2.11): once the profiling executor has optimised
@@ -316,11 +327,11 @@ def _explain_and_grad(module: Any, waves: torch.Tensor, targets: Any, method: st
     """
     x = waves.detach().requires_grad_(method == "saliency")
     with torch.jit.optimized_execution(False):
-        logits, acts, spec = module.explain(x)
+        logits, acts, spec = _call_explain(module, x, stream_stats)
         if method != "saliency" and not acts.requires_grad:
             # Frozen parameters: make the graph reach the activations through the input.
             x = waves.detach().requires_grad_(True)
-            logits, acts, spec = module.explain(x)
+            logits, acts, spec = _call_explain(module, x, stream_stats)
     tgt = _resolve_targets(targets, logits, classes)
     score = logits.gather(1, tgt[:, None]).sum()
     wrt = spec if method == "saliency" else acts
@@ -332,12 +343,14 @@ def _explain_and_grad(module: Any, waves: torch.Tensor, targets: Any, method: st
 
 def class_activation_maps(
     module: Any, waves: torch.Tensor, targets: Any = None, method: str = "gradcam",
-    classes: Sequence[str] = (),
+    classes: Sequence[str] = (), stream_stats: StreamStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities [B, C], targets [B], cam [B, F, T] in [0, 1], raw peak [B], spec [B, F, T]).
 
     One batched ``explain`` and one ``autograd.grad``: the gradient of each window's own target
     logit (windows are independent in eval mode, so the summed score gives per-window grads).
+    ``stream_stats``: each window's stream statistics, for models that normalise per stream
+    (``streamer.stream_norm``): the map then explains the label the stream was sent.
     """
     if method not in METHODS:
         raise ValueError(f"unknown explain method {method!r}; use one of {METHODS}")
@@ -357,11 +370,12 @@ def class_activation_maps(
         module = _FRESH.get(module, module)  # a module that needed a fresh copy keeps using it
     with torch.enable_grad(), backend:
         logits, acts, spec, grad, tgt = _explain_and_grad(module, waves, targets, method,
-                                                          classes)
+                                                          classes, stream_stats)
         if grad is None and isinstance(module, torch.jit.ScriptModule):
             # explain() already ran under the optimising executor elsewhere: use a fresh copy.
             logits, acts, spec, grad, tgt = _explain_and_grad(
-                _fresh_copy(module, waves.device), waves, targets, method, classes)
+                _fresh_copy(module, waves.device), waves, targets, method, classes,
+                stream_stats)
         if grad is None:
             what = "spectrogram" if method == "saliency" else "activations"
             raise ValueError(f"the {what} that explain() returns do not reach the logits, so "
@@ -387,6 +401,7 @@ def explain_windows(
     metrics: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     seed: int = 0,
+    stream_stats: StreamStats | None = None,
 ) -> list[Explanation]:
     """Explain a batch of windows ``[B, N]``; see docs/architecture.md (streamer section).
 
@@ -405,7 +420,8 @@ def explain_windows(
     classes = list(card["classes"])
     n_samples = int(round(float(card["sample_rate"]) * float(card["window_s"])))
     x = _as_waves(waves, n_samples, _device_of(module))
-    probs, tgt, cam, raw, spec = class_activation_maps(module, x, targets, method, classes)
+    probs, tgt, cam, raw, spec = class_activation_maps(module, x, targets, method, classes,
+                                                       stream_stats)
     grid = spec_grid(card, cam.size(1), cam.size(2))
     probs_np, tgt_np = probs.cpu().numpy(), tgt.cpu().numpy()
     cam_np, spec_np, raw_np = cam.cpu().numpy(), spec.cpu().numpy(), raw.cpu().numpy()

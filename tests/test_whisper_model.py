@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -157,3 +158,95 @@ def test_export_needs_the_encoder(tmp_path: Path, whisper_checkpoint: Path) -> N
     with pytest.raises(ExportError, match="not found"):
         export(run, tmp_path / "w.pt")
     assert export(run, tmp_path / "w.pt", encoder=whisper_checkpoint).exists()
+
+
+# ---------------------------------------------------------------- per-stream normalisation
+
+def _stream_model(tmp: Path, encoder: Path) -> Path:
+    run = _run_dir(tmp, encoder)
+    rng = np.random.default_rng(2)
+    with np.load(run / "head.npz") as z:
+        arrays = dict(z)
+    arrays.update(spk_mean=np.zeros(768, np.float32), spk_std=np.ones(768, np.float32),
+                  spk_weight=rng.normal(0, .3, (7, 768)).astype(np.float32),
+                  spk_bias=np.zeros(7, np.float32),
+                  prior_mean=rng.normal(0, 1, 768).astype(np.float32),
+                  prior_std=rng.uniform(0.5, 2, 768).astype(np.float32))
+    np.savez(run / "head.npz", **arrays)
+    return export(run, tmp / "stream.pt")
+
+
+@pytest.fixture(scope="module")
+def stream_model(whisper_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    return ServedModel.load(_stream_model(tmp_path_factory.mktemp("sn"), whisper_checkpoint),
+                            device="cpu")
+
+
+def test_stream_moments_equal_the_training_formula(stream_model) -> None:
+    from train.crosscorpus import shrunk_moments
+
+    m = stream_model.module
+    rng = np.random.default_rng(0)
+    count = np.array([1.0, 3.0, 40.0])
+    total = rng.normal(0, 5, (3, 768))
+    sq = total ** 2 / count[:, None] + rng.uniform(0, 3, (3, 768)) * count[:, None]
+    mean, std = m.stream_moments(torch.tensor(count).float(), torch.tensor(total).float(),
+                                 torch.tensor(sq).float())
+    ref_m, ref_s = shrunk_moments(count, total, sq, m.prior_mean.numpy(), m.prior_std.numpy(),
+                                  stream_model.card["stream_norm"]["prior_windows"])
+    assert np.allclose(mean.numpy(), ref_m, atol=1e-4) and np.allclose(std.numpy(), ref_s,
+                                                                       rtol=1e-4, atol=1e-4)
+
+
+def test_stream_norm_is_batch_invariant_and_per_stream(stream_model) -> None:
+    from streamer.stream_norm import StreamNorm, supported
+
+    assert supported(stream_model)
+    x = _waves(3).numpy()
+    together = StreamNorm(stream_model)
+    p_all, _, _ = together.predict(["a", "b", "a"], x)
+    apart = StreamNorm(stream_model)
+    p0, _, _ = apart.predict(["a"], x[:1])
+    p1, _, _ = apart.predict(["b"], x[1:2])
+    p2, _, _ = apart.predict(["a"], x[2:3])
+    assert np.allclose(p_all, np.concatenate([p0, p1, p2]), atol=1e-5)
+    # stream b's statistics never include a's windows (no data crosses streams)
+    alone = StreamNorm(stream_model)
+    pb, _, _ = alone.predict(["b"], x[1:2])
+    assert np.allclose(pb, p1, atol=1e-5)
+    assert together.windows_seen("a") == 2 and together.windows_seen("b") == 1
+    together.end_stream("a")
+    assert together.windows_seen("a") == 0
+
+
+def test_engine_explains_the_label_it_sent(stream_model) -> None:
+    from streamer.engine import Engine
+    from streamer.windows import Window
+
+    engine = Engine(stream_model, vad=None, explain_every=1)
+    assert engine.norm is not None
+    x = _waves(3).numpy()
+    wins = [Window("s", i, 0.5 * i, 0.5 * i + 3, 0.0, time.perf_counter(), x[i], 8000 * i, N)
+            for i in range(3)]
+    msgs = engine.process(wins)
+    preds = [m for m in msgs if m["type"] == "prediction"]
+    expls = [m for m in msgs if m["type"] == "explanation"]
+    assert len(preds) == 3 and len(expls) == 3
+    for p, e in zip(preds, expls, strict=True):
+        top = max(p["probabilities"], key=p["probabilities"].get)
+        assert e["class"] == top
+    off = Engine(stream_model, vad=None, explain_every=0, stream_norm=False)
+    assert off.norm is None
+    glob = off.process(wins)
+    assert [m["probabilities"] for m in glob] != [p["probabilities"] for p in preds]
+
+
+def test_models_without_stream_norm_are_served_as_before(tiny_model_path: Path) -> None:
+    from streamer.engine import Engine
+    from streamer.stream_norm import StreamNorm, supported
+
+    plain = ServedModel.load(tiny_model_path, "cpu")
+    assert not supported(plain)
+    assert Engine(plain, vad=None, explain_every=0).norm is None
+    with pytest.raises(ValueError, match="no per-stream normalisation"):
+        StreamNorm(plain)

@@ -80,6 +80,24 @@ def speaker_standardise(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
     return out
 
 
+def shrunk_moments(count: np.ndarray, total: np.ndarray, total_sq: np.ndarray,
+                   prior_mean: np.ndarray, prior_std: np.ndarray, prior: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean/std of a stream's first ``count`` windows shrunk towards a prior of
+    ``prior`` pseudo-windows (numpy twin of ``WhisperEmotion.stream_moments``; tested equal)."""
+    k = np.asarray(count, dtype=np.float64)[:, None]
+    mean = (total + prior * prior_mean) / (k + prior)
+    second = (total_sq + prior * (prior_std**2 + prior_mean**2)) / (k + prior)
+    return mean, np.sqrt(np.maximum(second - mean**2, 1e-8))
+
+
+def speaker_prior(x: np.ndarray, speaker: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training speakers' average per-speaker mean and std (the streams' prior)."""
+    spk = np.unique(speaker)
+    return (np.mean([x[speaker == s].mean(0) for s in spk], 0),
+            np.mean([x[speaker == s].std(0) for s in spk], 0))
+
+
 @dataclass
 class LinearHead:
     """Standardiser + multinomial logistic regression over the canonical classes."""
@@ -348,5 +366,6 @@ def save(results: list[dict], path: str | Path) -> None:
 __all__ = [
     "C_GRID", "Choice", "LinearHead", "Pool", "Split", "balanced_weights", "choose", "evaluate",
     "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds", "run_split", "save",
-    "speaker_standardise", "splits", "summarise", "train_head",
+    "shrunk_moments", "speaker_prior", "speaker_standardise", "splits", "summarise",
+    "train_head",
 ]

@@ -444,6 +444,9 @@ def _whisper_metrics(results: dict) -> dict:
     return out
 
 
+PRIOR_WINDOWS = 5.0  # pseudo-windows of prior statistics per stream (fixed, not tuned)
+
+
 def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
                      ) -> tuple[nn.Module, dict]:
     import numpy as np
@@ -466,6 +469,10 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
     model = build(str(encoder), config)
     with np.load(head_path) as z:
         model.set_head(z["mean"], z["std"], z["weight"], z["bias"])
+        stream_norm = "spk_weight" in z.files
+        if stream_norm:
+            model.set_stream_head(z["spk_mean"], z["spk_std"], z["spk_weight"], z["spk_bias"],
+                                  z["prior_mean"], z["prior_std"], PRIOR_WINDOWS)
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     card = {
@@ -489,6 +496,15 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
                                   "(3 folds), mean UAR on clean and telephone-band audio",
                      "encoder": f"Whisper tiny ({encoder.name}), frozen"},
         "metrics": _whisper_metrics(results),
+        "stream_norm": {
+            "methods": ["stream_moments", "classify_stream", "explain_stream"],
+            "prior_windows": PRIOR_WINDOWS,
+            "choice": cfg.get("stream_choice_label"),
+            "note": "per-stream standardisation of the pooled features by the stream's running "
+                    "statistics (voiced windows), shrunk towards the training speakers' average "
+                    "with prior_windows pseudo-windows; a second head trained on per-speaker "
+                    "standardised features",
+        } if stream_norm else None,
         "licence_note": "weights trained on TESS (CC BY-NC-ND 4.0) and RAVDESS (CC BY-NC-SA "
                         "4.0): non-commercial use; Whisper's encoder is MIT",
     }

@@ -97,6 +97,14 @@ class WhisperEmotion(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
         self.head = nn.Linear(dim, config.n_classes)
+        # Per-stream normalisation (optional): a second head trained on features standardised
+        # per speaker, and the prior its running statistics are shrunk towards.
+        self.register_buffer("spk_feat_mean", torch.zeros(dim))
+        self.register_buffer("spk_feat_std", torch.ones(dim))
+        self.spk_head = nn.Linear(dim, config.n_classes)
+        self.register_buffer("prior_mean", torch.zeros(dim))
+        self.register_buffer("prior_std", torch.ones(dim))
+        self.prior_windows = 5.0
 
     def set_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
                  bias: np.ndarray) -> None:
@@ -106,6 +114,18 @@ class WhisperEmotion(nn.Module):
             self.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
             self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def set_stream_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
+                        bias: np.ndarray, prior_mean: np.ndarray, prior_std: np.ndarray,
+                        prior_windows: float) -> None:
+        """Install the per-speaker head and its prior (``classify_stream``)."""
+        with torch.no_grad():
+            for name, value in (("spk_feat_mean", mean), ("spk_feat_std", std),
+                                ("prior_mean", prior_mean), ("prior_std", prior_std)):
+                getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+            self.spk_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.spk_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.prior_windows = float(prior_windows)
 
     def check_input(self, wave: torch.Tensor) -> None:
         """A clear error for what the streamer or a user might pass by mistake."""
@@ -144,6 +164,34 @@ class WhisperEmotion(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled features [B, 2D] -> logits [B, C]."""
         return self.head((features - self.feat_mean) / self.feat_std)
+
+    @torch.jit.export
+    def stream_moments(self, count: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A stream's running mean and std of ``embed`` from its first ``count`` windows
+        (sums ``total``, ``total_sq``), shrunk towards the training speakers' average with
+        ``prior_windows`` pseudo-windows: [B], [B, 2D], [B, 2D] -> ([B, 2D], [B, 2D])."""
+        k = count.to(total.dtype).unsqueeze(1)
+        p = self.prior_windows
+        mean = (total + p * self.prior_mean) / (k + p)
+        second = (total_sq + p * (self.prior_std ** 2 + self.prior_mean ** 2)) / (k + p)
+        return mean, torch.sqrt(torch.clamp(second - mean ** 2, min=1e-8))
+
+    @torch.jit.export
+    def classify_stream(self, features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+                        ) -> torch.Tensor:
+        """Logits of the per-speaker head: features standardised by the stream's statistics."""
+        z = (features - mean) / (std + 1e-5)
+        return self.spk_head((z - self.spk_feat_mean) / self.spk_feat_std)
+
+    @torch.jit.export
+    def explain_stream(self, wave: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``explain`` through the per-speaker head with the stream's statistics."""
+        spec = self.spectrogram(wave)
+        states = self.states(spec)
+        logits = self.classify_stream(self.pooled(spec, states), mean, std)
+        return logits, states.transpose(1, 2).unsqueeze(2), spec
 
     @torch.jit.export
     def explain(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -212,12 +212,22 @@ def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int])
     rows = np.flatnonzero(np.isin(pool.corpus, args.final))
     choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks)
     head = cc.train_head(pool, rows, choice, speaker_norm=False)
-    np.savez(out / "head.npz", mean=head.mean, std=head.std, weight=head.weight, bias=head.bias)
+    # The per-stream head: same block and pooling (one encoder depth serves both), its own C.
+    spk_choice, spk_table = cc.choose(pool, rows, speaker_norm=True, blocks=[choice.block],
+                                      poolings=[choice.pooling])
+    spk = cc.train_head(pool, rows, spk_choice, speaker_norm=True)
+    prior_mean, prior_std = cc.speaker_prior(
+        pool.feats["clean"][rows, choice.pooling, choice.block], pool.speaker[rows])
+    np.savez(out / "head.npz", mean=head.mean, std=head.std, weight=head.weight, bias=head.bias,
+             spk_mean=spk.mean, spk_std=spk.std, spk_weight=spk.weight, spk_bias=spk.bias,
+             prior_mean=prior_mean, prior_std=prior_std)
     config = WhisperEmotionConfig(n_blocks=choice.block + 1, pooling=cc.POOLINGS[choice.pooling])
     (out / "config.json").write_text(json.dumps({
         "kind": "whisper", "model": config.to_dict(), "encoder": str(Path(args.encoder)),
         "classes": list(EMOTIONS), "choice": asdict(choice), "choice_label": choice.label(),
         "validation": table, "trained_on": sorted(args.final), "n_train": int(len(rows)),
+        "stream_choice": asdict(spk_choice), "stream_choice_label": spk_choice.label(),
+        "stream_validation": spk_table,
         "architecture": ARCHITECTURE,
         "balancing": "each (corpus, class) cell has equal total weight",
     }, indent=1) + "\n")
