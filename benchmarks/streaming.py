@@ -202,11 +202,12 @@ def _summary(values: list[float]) -> dict:
             "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
 
 
-def _level(port: int, pid: int, n: int, trial_s: float) -> dict:
+def _level(port: int, pid: int, n: int, trial_s: float, every: int = 1) -> dict:
     r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, trial_s))
-    # Grad-CAM on every window: every voiced prediction has its explanation (bar the last
-    # one per stream, which may still be on its way when the trial ends)
-    r["explanations_missing"] = max(0, r["voiced_predictions"] - r["explanations"])
+    # Grad-CAM on every ``every``-th voiced window: those predictions have their explanation
+    # (bar the last one per stream, which may still be on its way when the trial ends)
+    r["explanations_missing"] = max(0, r["voiced_predictions"] // every - r["explanations"]
+                                    - n)
     r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
                    and r["latency_ms"]["p95"] < BARS["streams_p95_ms"]
                    and r["explanations_missing"] <= n)
@@ -215,24 +216,24 @@ def _level(port: int, pid: int, n: int, trial_s: float) -> dict:
     return r
 
 
-def concurrency(port: int, pid: int, trial_s: float, max_streams: int) -> dict:
+def concurrency(port: int, pid: int, trial_s: float, max_streams: int, every: int = 1) -> dict:
     """N = 1, 2, 4, ... until a level fails, then bisect (to within a quarter)."""
     levels: list[dict] = []
     n, best, worst = 1, 0, None
     while n <= max_streams:
-        levels.append(_level(port, pid, n, trial_s))
+        levels.append(_level(port, pid, n, trial_s, every))
         if not levels[-1]["ok"]:
             worst = n
             break
         best, n = n, n * 2
     while worst is not None and worst - best > max(1, best // 4):
         n = (best + worst) // 2
-        levels.append(_level(port, pid, n, trial_s))
+        levels.append(_level(port, pid, n, trial_s, every))
         best, worst = (n, worst) if levels[-1]["ok"] else (best, n)
     # from levels that kept up (an overloaded level does less work per stream)
     per_stream = min([lv["daemon_cores_per_stream"] for lv in levels
                       if lv["ok"] and lv["daemon_cores_per_stream"]] or [9e9])
-    return {"vad": "silero", "explain_every": 1, "max_streams_ok": best,
+    return {"vad": "silero", "explain_every": every, "max_streams_ok": best,
             # an upper bound, not a measurement: what the CPU the daemon used would allow on
             # two otherwise idle cores (the shared box gives it a fraction of one)
             "cpu_bound_estimate_streams_on_2_idle_cores": int(2 / per_stream),
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     p.add_argument("--only", default="latency,concurrency,throughput",
                    help="comma-separated sections to run")
+    p.add_argument("--explain-every", type=int, default=1, metavar="N",
+                   help="latency and concurrency runs explain every N-th voiced window "
+                   "(default 1: every window)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.quick:
@@ -310,14 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             "bars": BARS,
         }
         if want & {"latency", "concurrency"}:
-            with daemon_process({**base, "vad": "silero", "explain_every": 1}) as (port, pid):
+            every = args.explain_every
+            with daemon_process({**base, "vad": "silero", "explain_every": every}) as (port,
+                                                                                      pid):
                 if "latency" in want:
                     lat = asyncio.run(run_trial(port, pid, "rt", 1, 1.0, True, args.latency_s))
-                    result["latency"] = {"vad": "silero", "explain_every": 1, **lat}
+                    result["latency"] = {"vad": "silero", "explain_every": every, **lat}
                     print(f"latency: {lat['latency_ms']}", file=sys.stderr)
                 if "concurrency" in want:
                     result["concurrency"] = concurrency(port, pid, args.trial_s,
-                                                        args.max_streams)
+                                                        args.max_streams, every)
         if "throughput" in want:
             result["throughput"] = {}
             for vad in ("silero", "energy"):
@@ -343,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{tp['energy']['audio_s_per_cpu_s']} audio-s per CPU-s)")
     if "concurrency" in result:
         cc = result["concurrency"]
-        parts.append(f"{cc['max_streams_ok']} real-time streams with Grad-CAM (bar >= 32; "
+        parts.append(f"{cc['max_streams_ok']} real-time streams with Grad-CAM every "
+                     f"{cc['explain_every']} window(s) (bar >= 32; "
                      f"CPU-bound estimate {cc['cpu_bound_estimate_streams_on_2_idle_cores']} "
                      f"on 2 idle cores)")
     print(f"streaming ({model_name}, {args.threads} torch thread(s), load "
