@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer import protocol
+from streamer.guards import Busy, Detached
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
 
@@ -66,6 +67,9 @@ class DaemonConfig:
     max_streams: int = 64
     status_interval_s: float = 1.0
     shutdown_grace_s: float = 3.0
+    # A client's file check (open, header, directory listing) that takes longer is answered
+    # with an error; its thread is left behind (see guards.Detached).
+    file_timeout_s: float = 30.0
     exit_when_done: bool = False  # stop once every stream has ended (tests, benchmarks)
     validate_outgoing: bool = True
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -168,6 +172,7 @@ class Daemon:
         self._tasks: set[asyncio.Task] = set()
         self._pending: _Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._detached = Detached()
         self._upload_dir: Path | None = None
         self._uploads: dict[int, Path] = {}
         self._busy = False  # the inference loop is working on a batch
@@ -247,7 +252,7 @@ class Daemon:
             await self.server.start()
             for src in self.initial_sources:
                 try:
-                    await self._start_source(src)
+                    await self._start_source(src, timeout=None)  # the operator's own files
                 except _RequestError as exc:
                     log.error("source not started: %s", exc.message)
                     self._publish(protocol.error(exc.code, exc.message))
@@ -339,8 +344,10 @@ class Daemon:
         return base if n == 1 else f"{base}-{n}"
 
     async def _start_source(self, src: Any, kind: str | None = None,
-                            ref: str | int | None = None) -> list[str]:
-        """Open (fast checks, in a thread), announce, and run a source; its stream ids."""
+                            ref: str | int | None = None,
+                            timeout: float | None = -1.0) -> list[str]:
+        """Open (fast checks, in a thread), announce, and run a source; its stream ids.
+        ``timeout`` of the open: -1 the config's ``file_timeout_s``, None none."""
         from streamer.sources import SourceError
         from streamer.windows import Windower
 
@@ -349,7 +356,7 @@ class Daemon:
             raise _RequestError("limit_reached", f"{running} streams running (max "
                                 f"{self.config.max_streams})")
         try:
-            await asyncio.to_thread(src.open)
+            await self._off_loop(src.open, timeout=timeout)
         except SourceError as exc:
             raise _RequestError("bad_audio", str(exc)) from None
         ids = list(src.stream_ids)
@@ -540,6 +547,17 @@ class Daemon:
             raise protocol.ProtocolError(exc.code, exc.message) from None
         raise protocol.ProtocolError("unknown_type", f"{msg['type']} is not handled here")
 
+    async def _off_loop(self, fn: Any, *args: Any, timeout: float | None = -1.0) -> Any:
+        """Blocking file work for a request: off the loop, bounded in time and threads."""
+        limit = self.config.file_timeout_s if timeout == -1.0 else timeout
+        try:
+            return await self._detached.run(fn, *args, timeout=limit)
+        except TimeoutError:
+            raise _RequestError("source_failed",
+                                f"file check took longer than {limit:g} s") from None
+        except Busy as exc:
+            raise _RequestError("limit_reached", str(exc)) from None
+
     def _stop_stream(self, sid: str, ref: Any) -> list[dict]:
         st = self.streams.get(sid)
         if st is None:
@@ -593,10 +611,10 @@ class Daemon:
                 self._upload_dir = Path(tempfile.mkdtemp(prefix="emotion-monitor-uploads-"))
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(msg["upload"]["name"]).name) or "upload"
             upload_path = self._upload_dir / f"{len(self.streams)}-{name}"
-            await asyncio.to_thread(upload_path.write_bytes, msg["upload"]["bytes"])
+            await self._off_loop(upload_path.write_bytes, msg["upload"]["bytes"])
             files, kind, base = [upload_path], "upload", Path(name).stem
         else:
-            files = await asyncio.to_thread(self.resolve_replay_path, msg["path"])
+            files = await self._off_loop(self.resolve_replay_path, msg["path"])
             kind, base = "file", Path(msg["path"]).stem
         src = FileSource(files, self.model.sample_rate, name=self._stream_name(base),
                          speed=speed, loop=loop_, split_channels=split, gap_s=self.config.gap_s,

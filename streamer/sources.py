@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
+import os
+import select
+import stat
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -120,12 +124,67 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def check_audio_file(path: Path) -> Any:
-    """``soundfile.info`` with a clear error for non-audio, corrupt or empty files."""
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of a regular file, or SourceError; never blocks.
+
+    Opening a FIFO blocks until a writer appears, and a device may block or have side effects,
+    so only regular files are opened: ``stat`` refuses anything else before any open, and the
+    open itself is ``O_NONBLOCK`` + ``fstat``, so a path swapped for a FIFO in between is caught
+    too. The descriptor is blocking again when returned.
+    """
     try:
-        info = sf.info(str(path))
+        st = os.stat(path)
+    except OSError as err:
+        raise SourceError(f"{path}: cannot open ({err.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{path}: not a regular file (FIFOs, devices and sockets are refused)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SourceError(f"{path}: cannot open ({err.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"{path}: not a regular file (it changed while being opened)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def open_audio(path: str | Path) -> Iterator[sf.SoundFile]:
+    """``soundfile.SoundFile`` on :func:`open_regular`'s descriptor (closed on exit)."""
+    fd = open_regular(path)
+    try:
+        with sf.SoundFile(fd, closefd=False) as f:
+            yield f
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    samplerate: int
+    channels: int
+    frames: int
+
+
+def _cause(err: BaseException) -> str:
+    """libsndfile's own words, without the "Error opening <file>" prefix soundfile adds."""
+    return str(getattr(err, "error_string", None) or err)
+
+
+def check_audio_file(path: Path) -> AudioHeader:
+    """The header of a regular audio file, with a clear error for special, non-audio, corrupt
+    or empty files."""
+    try:
+        with open_audio(path) as f:
+            info = AudioHeader(f.samplerate, f.channels, f.frames)
+    except SourceError:
+        raise
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise SourceError(f"{path}: not a readable audio file ({err})") from err
+        raise SourceError(f"{path}: not a readable audio file ({_cause(err)})") from err
     if info.frames <= 0:
         raise SourceError(f"{path}: empty audio file (0 frames)")
     if info.samplerate <= 0 or info.channels <= 0:
@@ -255,7 +314,7 @@ class FileSource(Source):
 
     def _play(self, path: Path, send: Callable[[np.ndarray], bool], block_s: float) -> bool:
         try:
-            with sf.SoundFile(str(path)) as f:
+            with open_audio(path) as f:
                 conv = _Converter(f.samplerate, self.sample_rate, f.channels, self.split_channels)
                 block = max(1, int(math.ceil(block_s * f.samplerate)))
                 while True:
@@ -268,7 +327,7 @@ class FileSource(Source):
         except SourceError:
             raise
         except Exception as err:  # libsndfile errors mid-file
-            raise SourceError(f"{path}: read failed ({err})") from err
+            raise SourceError(f"{path}: read failed ({_cause(err)})") from err
 
 
 @dataclass
@@ -315,13 +374,15 @@ class StdinSource(Source):
         conv = _Converter(self.rate, self.sample_rate, self.channels, split)
         ids = self.stream_ids
         want = max(1, int(self.block_s * self.rate)) * frame_bytes
-        read = getattr(self.stream, "read1", self.stream.read)
+        read = self._reader()
         pending = b""
         while not stop.is_set():
             try:
                 data = read(want)
             except Exception as err:
                 raise SourceError(f"stdin: read failed ({err})") from err
+            if data is None:  # nothing yet; look at ``stop`` again
+                continue
             last = not data
             pending += data
             n = len(pending) // frame_bytes * frame_bytes
@@ -334,6 +395,29 @@ class StdinSource(Source):
                     emit(Chunk(sid, np.ascontiguousarray(out[:, i]), wall, mono))
             if last:
                 return
+
+
+    def _reader(self) -> Callable[[int], bytes | None]:
+        """A read that never blocks for long: with a real descriptor, wait for data in slices
+        of 0.2 s (``select``) and read what is there (``os.read``); None means nothing yet.
+
+        A thread blocked in ``sys.stdin.buffer.read`` holds the buffer's lock, and interpreter
+        exit then aborts ("could not acquire lock ... at interpreter shutdown"): a silent pipe
+        must not turn SIGTERM into a crash. Streams without a descriptor (tests' BytesIO) are
+        read as before.
+        """
+        assert self.stream is not None
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return getattr(self.stream, "read1", self.stream.read)
+
+        def read(n: int) -> bytes | None:
+            if not select.select([fd], [], [], 0.2)[0]:
+                return None
+            return os.read(fd, n)
+
+        return read
 
 
 def _sounddevice() -> Any:

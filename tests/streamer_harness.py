@@ -137,12 +137,12 @@ async def client(daemon_or_url: Daemon | str, **kw: Any) -> AsyncIterator[Record
 class DaemonProcess:
     """``emotion-monitor stream ...`` as a child process; the port is read from its stderr."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, stdin: int | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("EMOTION_MONITOR_TOKEN", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emotion_monitor", "stream", "--port", "0", *args],
-            cwd=cwd, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+            cwd=cwd, env={**env, "PYTHONPATH": str(REPO)}, stdin=stdin, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.stderr_lines: list[str] = []
         self.port = self._read_port()

@@ -1,0 +1,71 @@
+"""Small guards the daemon and server put between untrusted input and shared resources.
+
+Kept out of ``daemon.py``/``server.py`` so those stay about the flow: blocking work that a
+client can trigger runs in bounded daemon threads with a deadline (``Detached``); the stream
+limit is reserved before any await (``StreamSlots``); what a reply may quote is bounded
+(``excerpt``, ``safe_ref``) and never shows server-side paths (``Redactor``); error logging is
+rate-limited per client (``LogLimiter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """Too much of some bounded resource is in use; try again later."""
+
+
+class Detached:
+    """Run blocking calls (file checks, temp-file writes) in daemon threads, with a deadline.
+
+    Not the loop's default executor: its threads are joined when ``asyncio.run`` ends, so one
+    call stuck in the kernel (a hung network mount) would hold up shutdown, and its few workers
+    are shared with the session log's fsync. A daemon thread that never returns holds up
+    neither; at most ``max_threads`` may be in flight, so stuck ones cannot pile up.
+    """
+
+    def __init__(self, max_threads: int = 8) -> None:
+        self.max_threads = max_threads
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None) -> T:
+        """``fn(*args)`` in a daemon thread; TimeoutError after ``timeout`` s (None: no
+        deadline; the thread is left to finish on its own), Busy when ``max_threads`` calls are
+        already running."""
+        with self._lock:
+            if self.in_flight >= self.max_threads:
+                raise Busy(f"{self.in_flight} file operations already in progress")
+            self.in_flight += 1
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        def work() -> None:
+            try:
+                ok, value = True, fn(*args)
+            except BaseException as exc:  # handed to the awaiting task
+                ok, value = False, exc
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(settle, ok, value)
+
+        threading.Thread(target=work, name=f"detached-{getattr(fn, '__name__', 'call')}",
+                         daemon=True).start()
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
