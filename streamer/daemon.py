@@ -24,9 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import re
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from streamer import protocol
 from streamer.guards import Busy, Detached
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
+from streamer.uploads import UploadStore
 
 log = logging.getLogger("streamer.daemon")
 
@@ -173,8 +172,8 @@ class Daemon:
         self._pending: _Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._detached = Detached()
-        self._upload_dir: Path | None = None
-        self._uploads: dict[int, Path] = {}
+        self.uploads = UploadStore()
+        self._uploads: dict[int, Path] = {}  # id(source) -> its upload's private file
         self._busy = False  # the inference loop is working on a batch
         self._names: collections.Counter[str] = collections.Counter()
         self.exit_code = 0
@@ -302,8 +301,7 @@ class Daemon:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None and hasattr(self.engine, "close"):
             self.engine.close()  # the VAD's background thread (D2)
-        if self._upload_dir is not None:
-            shutil.rmtree(self._upload_dir, ignore_errors=True)
+        self.uploads.close()
 
     # ---------------------------------------------------------------- publishing
     def _publish(self, msg: dict, broadcast: bool = True) -> None:
@@ -339,9 +337,12 @@ class Daemon:
     # ---------------------------------------------------------------- sources
     def _stream_name(self, base: str) -> str:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.")[:48] or "stream"
-        self._names[base] += 1
-        n = self._names[base]
-        return base if n == 1 else f"{base}-{n}"
+        while True:  # "x-2" may be taken already by a file named so
+            self._names[base] += 1
+            n = self._names[base]
+            name = base if n == 1 else f"{base}-{n}"
+            if not any(s == name or s.startswith(name + ":") for s in self.streams):
+                return name
 
     async def _start_source(self, src: Any, kind: str | None = None,
                             ref: str | int | None = None,
@@ -504,8 +505,7 @@ class Daemon:
         src = st.source
         if id(src) in self._uploads and all(
                 self.streams[s].state == "ended" for s in src.stream_ids):
-            with contextlib.suppress(OSError):
-                self._uploads.pop(id(src)).unlink()
+            self.uploads.remove(self._uploads.pop(id(src)))
 
     # ---------------------------------------------------------------- status
     def _status(self) -> dict:
@@ -607,25 +607,24 @@ class Daemon:
         split = bool(msg.get("split_channels", False))
         upload_path = None
         if "upload" in msg:
-            if self._upload_dir is None:
-                self._upload_dir = Path(tempfile.mkdtemp(prefix="emotion-monitor-uploads-"))
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(msg["upload"]["name"]).name) or "upload"
-            upload_path = self._upload_dir / f"{len(self.streams)}-{name}"
-            await self._off_loop(upload_path.write_bytes, msg["upload"]["bytes"])
-            files, kind, base = [upload_path], "upload", Path(name).stem
+            name = msg["upload"]["name"]
+            upload_path = await self._off_loop(self.uploads.save, name, msg["upload"]["bytes"])
+            files, kind, base, label = [upload_path], "upload", Path(name).stem, name
         else:
             files = await self._off_loop(self.resolve_replay_path, msg["path"])
-            kind, base = "file", Path(msg["path"]).stem
+            kind, base, label = "file", Path(msg["path"]).stem, msg["path"]
+        # label: what clients see as the source (their own words, never our paths)
         src = FileSource(files, self.model.sample_rate, name=self._stream_name(base),
                          speed=speed, loop=loop_, split_channels=split, gap_s=self.config.gap_s,
-                         max_channels=MAX_REPLAY_CHANNELS)
+                         max_channels=MAX_REPLAY_CHANNELS, label=label[:1024])
         if upload_path is not None:
             self._uploads[id(src)] = upload_path  # removed when its streams end
         try:
             ids = await self._start_source(src, kind=kind, ref=ref)
         except _RequestError:
             if upload_path is not None:
-                upload_path.unlink(missing_ok=True)
+                self._uploads.pop(id(src), None)
+                self.uploads.remove(upload_path)
             raise
         return [protocol.ack("replay", ref=ref, stream=ids[0])]
 

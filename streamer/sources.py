@@ -230,6 +230,7 @@ class FileSource(Source):
     noise_db: float = -60.0
     block_s: float | None = None  # default 0.05 s paced, 1 s at speed 0
     max_channels: int | None = None
+    label: str | None = None  # the source as clients see it (default: the first path)
     kind: str = field(default="file", init=False)
     files: list[Path] = field(default_factory=list, init=False)
     channels: int = field(default=1, init=False)
@@ -261,7 +262,8 @@ class FileSource(Source):
         return [str(self.name)]
 
     def describe(self) -> list[dict[str, Any]]:
-        src = str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.files)} files"
+        src = self.label if self.label is not None else str(self.paths[0]) \
+            if len(self.paths) == 1 else f"{len(self.files)} files"
         return [{"id": s, "kind": "file", "source": src, "channel": i if self.split_channels
                  else None, "speed": self.speed, "loop": self.loop}
                 for i, s in enumerate(self.stream_ids)]

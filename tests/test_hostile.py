@@ -136,3 +136,64 @@ def test_fifo_on_command_line_does_not_block(tmp_path):
     with pytest.raises(SourceError, match="not a regular file"):
         FileSource([tmp_path / "p.wav"], 16000).open()
     assert time.monotonic() - t0 < 5
+
+
+# ----------------------------------------------------------------------------- uploads
+
+def _wav(seconds: float, seed: int, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    sf.write(buf, (rng.standard_normal(int(seconds * rate)) * 0.1).astype(np.float32), rate,
+             format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.timeout(90)
+def test_concurrent_uploads_same_name_stay_private(tmp_path, tiny_model_path):
+    """Eight clients upload different audio under one name at the same moment: each stream
+    plays its own client's audio (its length), none fails; a 255-character name and a name
+    with path parts work; the private files are gone once the streams end."""
+    n = 8
+    cfg = make_config(tmp_path, tiny_model_path)
+    uploads = [_wav(1.0 + 0.5 * i, i) for i in range(n)]
+    names = ["call.wav"] * n
+    names[1] = "x" * 251 + ".wav"
+    names[2] = "../../etc/passwd.wav"
+
+    async def one(daemon, i: int):
+        async with client(daemon) as c:
+            ack = await c.request(protocol.replay(upload_name=names[i], upload_data=uploads[i],
+                                                  speed=0, id=f"u{i}"), timeout=30)
+            assert ack["type"] == "ack", ack
+            ended = await c.until(_ended(ack["stream"]), seen=True)
+            started = next(m for m in c.of("stream_started")
+                           if m["stream"]["stream"] == ack["stream"])
+            return ended, started, c.of("error")
+
+    async def main():
+        async with running(cfg) as daemon:
+            results = await asyncio.gather(*(one(daemon, i) for i in range(n)))
+            for _ in range(50):  # the last stream's file goes right after its stream_ended
+                if not daemon.uploads.files:
+                    break
+                await asyncio.sleep(0.1)
+            left = (sorted(p.name for p in daemon.uploads.directory.iterdir())
+                    if daemon.uploads.directory else [])
+            mode = daemon.uploads.directory.stat().st_mode & 0o777
+            return results, left, mode, daemon.uploads.directory
+
+    results, left, mode, directory = asyncio.run(main())
+    for i, (ended, started, errors) in enumerate(results):
+        assert not errors, errors
+        assert ended["reason"] == "eof"
+        assert ended["t_end_s"] == pytest.approx(1.0 + 0.5 * i, abs=0.02), (i, ended)
+        assert started["stream"]["source"] == names[i]  # the client's name, not our path
+        assert str(directory) not in started["stream"]["source"]
+    assert len({e["stream"] for e, _, _ in results}) == n
+    assert left == [] and mode == 0o700
+    assert not directory.exists()  # removed at exit

@@ -191,7 +191,7 @@ def test_upload_replay(tmp_path, tiny_model_path, tess_dir):
                                                   speed=0, id="up"))
             await c.until(lambda m: m["type"] == "stream_ended" and m["stream"] == ack["stream"],
                           seen=True)
-            upload_dir = daemon._upload_dir
+            upload_dir = daemon.uploads.directory
             return bad, ack, c, upload_dir
 
     bad, ack, c, upload_dir = asyncio.run(main())
