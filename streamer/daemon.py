@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer import protocol
-from streamer.guards import Busy, Detached
+from streamer.guards import Busy, Detached, StreamSlots
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
 from streamer.uploads import UploadStore
@@ -172,6 +172,8 @@ class Daemon:
         self._pending: _Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._detached = Detached()
+        self._slots = StreamSlots(config.max_streams, lambda: sum(
+            s.state == "running" for s in self.streams.values()))
         self.uploads = UploadStore()
         self._uploads: dict[int, Path] = {}  # id(source) -> its upload's private file
         self._busy = False  # the inference loop is working on a batch
@@ -350,17 +352,25 @@ class Daemon:
         """Open (fast checks, in a thread), announce, and run a source; its stream ids.
         ``timeout`` of the open: -1 the config's ``file_timeout_s``, None none."""
         from streamer.sources import SourceError
+
+        try:
+            with self._slots.opening():
+                try:
+                    await self._off_loop(src.open, timeout=timeout)
+                except SourceError as exc:
+                    raise _RequestError("bad_audio", str(exc)) from None
+                ids = list(src.stream_ids)
+                self._slots.claim(len(ids))
+                # From here to the streams' registration: no await (the slots stay true).
+                return self._announce(src, ids, kind, ref)
+        except Busy as exc:
+            raise _RequestError("limit_reached", str(exc)) from None
+
+    def _announce(self, src: Any, ids: list[str], kind: str | None,
+                  ref: str | int | None) -> list[str]:
+        """Register, announce and start a source's streams (synchronous on purpose)."""
         from streamer.windows import Windower
 
-        running = sum(s.state == "running" for s in self.streams.values())
-        if running >= self.config.max_streams:
-            raise _RequestError("limit_reached", f"{running} streams running (max "
-                                f"{self.config.max_streams})")
-        try:
-            await self._off_loop(src.open, timeout=timeout)
-        except SourceError as exc:
-            raise _RequestError("bad_audio", str(exc)) from None
-        ids = list(src.stream_ids)
         clash = [i for i in ids if i in self.streams]
         if clash:
             raise _RequestError("invalid_message", f"stream id(s) {clash} already used")

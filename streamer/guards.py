@@ -69,3 +69,34 @@ class Detached:
         threading.Thread(target=work, name=f"detached-{getattr(fn, '__name__', 'call')}",
                          daemon=True).start()
         return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+
+class StreamSlots:
+    """The stream limit, reserved before any await.
+
+    Checking "running < max" and then awaiting the source's open lets every request that
+    arrives meanwhile pass the same check (60 at once ran 81 streams with a limit of 64). A
+    source being opened holds one slot from the check on (``opening``); once open, ``claim``
+    checks its real number of streams (split channels) and the caller registers them before
+    its next await, so the count it checked is the count that runs.
+    """
+
+    def __init__(self, limit: int, running: Callable[[], int]) -> None:
+        self.limit = limit
+        self.running = running
+        self.opening_now = 0
+
+    @contextlib.contextmanager
+    def opening(self) -> Any:
+        if self.running() + self.opening_now >= self.limit:
+            raise Busy(f"{self.running()} streams running (max {self.limit})")
+        self.opening_now += 1
+        try:
+            yield self
+        finally:
+            self.opening_now -= 1
+
+    def claim(self, n: int) -> None:
+        """Inside ``opening``: room for ``n`` streams (ours is the one slot held already)?"""
+        if self.running() + self.opening_now - 1 + n > self.limit:
+            raise Busy(f"{self.running()} streams running (max {self.limit})")

@@ -227,6 +227,12 @@ class Server:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if len(self.clients) >= self.config.max_clients:
+            # The handshake's 503 check runs before earlier handshakes became clients: many
+            # at once all pass it. This check and the registration below share no await.
+            self.refused["max_clients"] += 1
+            await ws.close(1013, f"too many clients (max {self.config.max_clients})")
+            return
         client = Client(f"c{next(self._ids)}", ws, self.config.queue_size)
         sock = ws.transport.get_extra_info("socket") if ws.transport else None
         if sock is not None and self.config.send_buffer_bytes:

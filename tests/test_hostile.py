@@ -4,6 +4,7 @@ against a real daemon with real websocket clients, plus the variants the probe d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -197,3 +198,87 @@ def test_concurrent_uploads_same_name_stay_private(tmp_path, tiny_model_path):
     assert len({e["stream"] for e, _, _ in results}) == n
     assert left == [] and mode == 0o700
     assert not directory.exists()  # removed at exit
+
+
+# ----------------------------------------------------------------------------- limits
+
+@pytest.mark.timeout(120)
+def test_stream_limit_reserved_atomically(tmp_path, tiny_model_path, tess_dir):
+    """60 clients send `replay` at the same moment with --max-streams 8: exactly 8 acks, the
+    rest limit_reached, and no status ever shows more than 8 streams running."""
+    n, limit = 60, 8
+    allowed = tmp_path / "allowed"
+    clip = copy_files(tess_files(tess_dir, 1), allowed)[0]
+    cfg = make_config(tmp_path, tiny_model_path, allowed_dir=allowed, max_streams=limit,
+                      max_clients=n + 1, status_interval_s=0.2)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as watcher, \
+                contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client(daemon)) for _ in range(n)]
+            go = asyncio.Event()
+
+            async def ask(i: int, c):
+                await go.wait()
+                return await c.request(protocol.replay(path=clip.name, loop=True, id=i),
+                                       timeout=60)
+
+            tasks = [asyncio.create_task(ask(i, c)) for i, c in enumerate(clients)]
+            await asyncio.sleep(0.2)
+            go.set()
+            replies = await asyncio.gather(*tasks)
+            await watcher.until(lambda m: m["type"] == "status")
+            await watcher.until(lambda m: m["type"] == "status")
+            return replies, watcher
+
+    replies, watcher = asyncio.run(main())
+    kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
+    assert kinds.count("ack") == limit, kinds
+    assert kinds.count("limit_reached") == n - limit, kinds
+    assert len(watcher.of("stream_started")) == limit
+    most = max(sum(s["state"] == "running" for s in m["streams"]) for m in watcher.of("status"))
+    assert most == limit
+
+
+@pytest.mark.timeout(60)
+def test_client_limit_holds_for_simultaneous_handshakes(tmp_path, tiny_model_path):
+    """20 connections at once with --max-clients 4: at most 4 are ever served (the rest get
+    503 or a 1013 close), and a slot freed is usable again."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    cfg = make_config(tmp_path, tiny_model_path, max_clients=4)
+
+    async def main():
+        async with running(cfg) as daemon:
+            url = f"ws://127.0.0.1:{daemon.port}/"
+
+            async def try_one():
+                try:
+                    ws = await connect(url)
+                except InvalidStatus as exc:
+                    return None, exc.response.status_code
+                try:
+                    first = await asyncio.wait_for(ws.recv(), 20)
+                    return ws, first
+                except ConnectionClosed as exc:
+                    return None, exc.rcvd.code if exc.rcvd else None
+
+            results = await asyncio.gather(*(try_one() for _ in range(20)))
+            served = [ws for ws, _ in results if ws is not None]
+            refused = sorted({r for ws, r in results if ws is None})
+            peak = len(daemon.server.clients)
+            for ws in served:
+                await ws.close()
+            for _ in range(100):
+                if not daemon.server.clients:
+                    break
+                await asyncio.sleep(0.05)
+            async with client(daemon) as again:
+                pong = await again.request(protocol.ping(id=1))
+            return len(served), refused, peak, pong
+
+    served, refused, peak, pong = asyncio.run(main())
+    assert 1 <= served <= 4 and peak <= 4, (served, peak)
+    assert set(refused) <= {503, 1013}, refused
+    assert pong["type"] == "pong"
