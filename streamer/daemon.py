@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import os
 import re
 import signal
 import threading
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer import protocol
-from streamer.guards import Busy, Detached, StreamSlots
+from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
 from streamer.uploads import UploadStore
@@ -172,6 +173,7 @@ class Daemon:
         self._pending: _Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._detached = Detached()
+        self._redact = Redactor()  # server-side paths out of client-visible texts
         self._slots = StreamSlots(config.max_streams, lambda: sum(
             s.state == "running" for s in self.streams.values()))
         self.uploads = UploadStore()
@@ -241,6 +243,12 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             raise
         self._pending = _Pending(self.config.max_pending_windows)
+        if self.config.allowed_dir is not None:
+            from streamer.sources import show_path
+
+            for root in {Path(self.config.allowed_dir).resolve(), Path(self.config.allowed_dir)}:
+                self._redact.hide(show_path(root) + os.sep, "")
+                self._redact.hide(show_path(root), ".")
         self.log = SessionLog(self.config.sessions_dir, self.session_id)
         if self.config.record_audio:
             self.recorder = AudioRecorder(self.config.sessions_dir, self.session_id,
@@ -358,7 +366,7 @@ class Daemon:
                 try:
                     await self._off_loop(src.open, timeout=timeout)
                 except SourceError as exc:
-                    raise _RequestError("bad_audio", str(exc)) from None
+                    raise _RequestError("bad_audio", self._redact(str(exc))) from None
                 ids = list(src.stream_ids)
                 self._slots.claim(len(ids))
                 # From here to the streams' registration: no await (the slots stay true).
@@ -388,6 +396,12 @@ class Daemon:
                 info, src, Windower(sid, self.model.sample_rate, self.model.window_s,
                                     self.config.hop_s), speed or None)
             self._publish(protocol.stream_started(info, ref=ref))
+        skipped = getattr(src, "skipped", None)
+        if skipped:  # files of a directory left out (unreadable): say so, once
+            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+            self._publish(protocol.error("bad_audio", self._redact(
+                f"skipped {len(skipped)} unreadable file(s): {skipped[0][:300]}{more}"),
+                stream=ids[0]))
         key = id(src)
         self._source_stops[key] = threading.Event()
         task = asyncio.create_task(self._run_source(src, key), name=f"source-{ids}")
@@ -501,7 +515,7 @@ class Daemon:
             code = "bad_audio" if isinstance(error, SourceError) and st.info["kind"] in (
                 "file", "upload") else "source_failed"
             log.error("stream %s failed: %s", sid, error)
-            self._publish(protocol.error(code, str(error), stream=sid))
+            self._publish(protocol.error(code, self._redact(str(error)), stream=sid))
         st.state = "ended"
         st.ended_at = time.monotonic()
         st.info["state"] = "ended"
@@ -515,7 +529,9 @@ class Daemon:
         src = st.source
         if id(src) in self._uploads and all(
                 self.streams[s].state == "ended" for s in src.stream_ids):
-            self.uploads.remove(self._uploads.pop(id(src)))
+            path = self._uploads.pop(id(src))
+            self.uploads.remove(path)
+            self._redact.forget(str(path))
 
     # ---------------------------------------------------------------- status
     def _status(self) -> dict:
@@ -526,8 +542,8 @@ class Daemon:
             lag = None
             if st.speed and st.state == "running":
                 lag = max(0.0, (now - st.started) * st.speed - t_proc)
-            try:
-                stats = st.source.stats() if st.state == "running" else None
+            try:  # ended streams too: what a source repaired or skipped stays visible
+                stats = st.source.stats()
             except Exception:  # a source's own bookkeeping must not break status
                 stats = None
             streams.append(protocol.stream_status(sid, st.state, lag, t_proc, st.windows,
@@ -604,14 +620,14 @@ class Daemon:
         try:
             files = [f.resolve() for f in expand_paths([target])]
         except SourceError as exc:
-            raise _RequestError("bad_audio", str(exc)) from None
+            raise _RequestError("bad_audio", self._redact(str(exc))) from None
         outside = [f for f in files if not f.is_relative_to(root)]
         if outside:
             raise _RequestError("forbidden", f"{requested!r} links outside the allowed directory")
         return files
 
     async def _replay(self, msg: dict, ref: Any) -> list[dict]:
-        from streamer.sources import FileSource
+        from streamer.sources import FileSource, show_path
 
         speed, loop_ = float(msg.get("speed", 1.0)), bool(msg.get("loop", False))
         split = bool(msg.get("split_channels", False))
@@ -619,14 +635,18 @@ class Daemon:
         if "upload" in msg:
             name = msg["upload"]["name"]
             upload_path = await self._off_loop(self.uploads.save, name, msg["upload"]["bytes"])
+            self._redact.hide(str(upload_path), show_path(name))
             files, kind, base, label = [upload_path], "upload", Path(name).stem, name
+            skip = False
         else:
             files = await self._off_loop(self.resolve_replay_path, msg["path"])
             kind, base, label = "file", Path(msg["path"]).stem, msg["path"]
+            skip = len(files) > 1  # a directory (expanded here, so its links were checked)
         # label: what clients see as the source (their own words, never our paths)
         src = FileSource(files, self.model.sample_rate, name=self._stream_name(base),
                          speed=speed, loop=loop_, split_channels=split, gap_s=self.config.gap_s,
-                         max_channels=MAX_REPLAY_CHANNELS, label=label[:1024])
+                         max_channels=MAX_REPLAY_CHANNELS, label=label[:1024],
+                         skip_unreadable=skip)
         if upload_path is not None:
             self._uploads[id(src)] = upload_path  # removed when its streams end
         try:
@@ -635,6 +655,7 @@ class Daemon:
             if upload_path is not None:
                 self._uploads.pop(id(src), None)
                 self.uploads.remove(upload_path)
+                self._redact.forget(str(upload_path))
             raise
         return [protocol.ack("replay", ref=ref, stream=ids[0])]
 

@@ -100,3 +100,28 @@ class StreamSlots:
         """Inside ``opening``: room for ``n`` streams (ours is the one slot held already)?"""
         if self.running() + self.opening_now - 1 + n > self.limit:
             raise Busy(f"{self.running()} streams running (max {self.limit})")
+
+
+class Redactor:
+    """Keeps server-side paths out of what clients read.
+
+    Error texts name files by their path on this machine (``/srv/calls/x.wav: not a readable
+    audio file``); a client should see the allowed directory's files by their relative names
+    and an upload by the name it gave, never the directory layout or a temporary file.
+    """
+
+    def __init__(self) -> None:
+        self._shown: dict[str, str] = {}
+
+    def hide(self, secret: str, shown: str) -> None:
+        if secret:
+            self._shown[secret] = shown
+
+    def forget(self, secret: str) -> None:
+        self._shown.pop(secret, None)
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._shown, key=len, reverse=True):  # longest (deepest) first
+            if secret in text:
+                text = text.replace(secret, self._shown[secret])
+        return text

@@ -436,8 +436,34 @@ def validate(msg: Any, direction: str | None = None) -> dict:
 
 
 def encode(msg: Mapping) -> str:
-    """Compact JSON text of a message (NaN/inf refused: they are not JSON)."""
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON text of a message (NaN/inf refused: they are not JSON).
+
+    The text always encodes to UTF-8: a lone surrogate (an undecodable file name, a client's
+    ``"\\ud800"``) cannot be sent or logged, so one would cost the reply or the connection;
+    such characters become U+FFFD (the rare slow path).
+    """
+    text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(_scrub(msg), separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def decode(text: str | bytes, direction: str | None = None) -> dict:

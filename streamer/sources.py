@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 import os
 import select
@@ -37,6 +38,8 @@ AUDIO_SUFFIXES = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".caf",
      ".w64", ".rf64", ".mp3"}
 )
+log = logging.getLogger("streamer.sources")
+
 PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
 
 
@@ -105,23 +108,45 @@ class _Pacer:
         return not self.stop.is_set()
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; directories become their audio files (by suffix), sorted, recursively."""
-    out: list[Path] = []
+def show_path(path: str | Path) -> str:
+    """A path as text that always encodes to UTF-8 (messages, logs, the wire).
+
+    A file name that is not UTF-8 reaches Python as lone surrogates (``os.fsdecode``'s
+    surrogateescape); put in a message unchanged, it cannot be encoded and the reply is lost.
+    Its undecodable bytes are shown as ``\\xNN`` instead.
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name can hold: escape it
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _expand(paths: Iterable[str | Path]) -> list[tuple[Path, bool]]:
+    """(file, found by expanding a directory) for each file to replay."""
+    out: list[tuple[Path, bool]] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file()
                            and f.suffix.lower() in AUDIO_SUFFIXES)
             if not found:
-                raise SourceError(f"{p}: directory holds no audio files")
-            out.extend(found)
+                raise SourceError(f"{show_path(p)}: directory holds no audio files")
+            out.extend((f, True) for f in found)
         elif p.exists():
-            out.append(p)
+            out.append((p, False))
         else:
-            raise SourceError(f"{p}: no such file or directory")
+            raise SourceError(f"{show_path(p)}: no such file or directory")
     if not out:
         raise SourceError("no files to replay")
     return out
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories become their audio files (by suffix), sorted, recursively."""
+    return [f for f, _ in _expand(paths)]
 
 
 def open_regular(path: str | Path) -> int:
@@ -135,16 +160,18 @@ def open_regular(path: str | Path) -> int:
     try:
         st = os.stat(path)
     except OSError as err:
-        raise SourceError(f"{path}: cannot open ({err.strerror})") from None
+        raise SourceError(f"{show_path(path)}: cannot open ({err.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise SourceError(f"{path}: not a regular file (FIFOs, devices and sockets are refused)")
+        raise SourceError(f"{show_path(path)}: not a regular file (FIFOs, devices and "
+                          "sockets are refused)")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
-        raise SourceError(f"{path}: cannot open ({err.strerror})") from None
+        raise SourceError(f"{show_path(path)}: cannot open ({err.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SourceError(f"{path}: not a regular file (it changed while being opened)")
+            raise SourceError(f"{show_path(path)}: not a regular file (it changed while being "
+                              "opened)")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -184,11 +211,12 @@ def check_audio_file(path: Path) -> AudioHeader:
     except SourceError:
         raise
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise SourceError(f"{path}: not a readable audio file ({_cause(err)})") from err
+        raise SourceError(f"{show_path(path)}: not a readable audio file ({_cause(err)})") from err
     if info.frames <= 0:
-        raise SourceError(f"{path}: empty audio file (0 frames)")
+        raise SourceError(f"{show_path(path)}: empty audio file (0 frames)")
     if info.samplerate <= 0 or info.channels <= 0:
-        raise SourceError(f"{path}: invalid header ({info.samplerate} Hz, {info.channels} ch)")
+        raise SourceError(f"{show_path(path)}: invalid header ({info.samplerate} Hz, "
+                          f"{info.channels} ch)")
     return info
 
 
@@ -231,8 +259,12 @@ class FileSource(Source):
     block_s: float | None = None  # default 0.05 s paced, 1 s at speed 0
     max_channels: int | None = None
     label: str | None = None  # the source as clients see it (default: the first path)
+    # Unreadable files are skipped (warned, counted) rather than failing the source: None for
+    # those found by expanding a directory, True for any (the daemon's expanded replay dirs).
+    skip_unreadable: bool | None = None
     kind: str = field(default="file", init=False)
     files: list[Path] = field(default_factory=list, init=False)
+    skipped: list[str] = field(default_factory=list, init=False)  # why each was left out
     channels: int = field(default=1, init=False)
 
     def open(self) -> FileSource:
@@ -240,13 +272,26 @@ class FileSource(Source):
             raise SourceError(f"speed must be >= 0, got {self.speed}")
         if self.gap not in ("silence", "noise"):
             raise SourceError(f"gap must be 'silence' or 'noise', got {self.gap!r}")
-        self.files = expand_paths(self.paths)
-        infos = [check_audio_file(f) for f in self.files]
+        self.files, infos, self.skipped = [], [], []
+        for f, in_dir in _expand(self.paths):
+            try:
+                infos.append(check_audio_file(f))
+            except SourceError as err:
+                if not (in_dir or self.skip_unreadable):  # a file named by itself must be audio
+                    raise
+                # One bad file in a folder of thousands should not refuse the rest.
+                log.warning("skipped: %s", err)
+                self.skipped.append(str(err))
+                continue
+            self.files.append(f)
+        if not self.files:
+            raise SourceError(f"no readable audio files ({self.skipped[0]})")
         chans = {i.channels for i in infos}
         if self.max_channels and max(chans) > self.max_channels:
             bad = next(f for f, i in zip(self.files, infos, strict=True)
                        if i.channels > self.max_channels)
-            raise SourceError(f"{bad}: {max(chans)} channels, more than {self.max_channels}")
+            raise SourceError(f"{show_path(bad)}: {max(chans)} channels, more than "
+                              f"{self.max_channels}")
         if self.split_channels and len(chans) > 1:
             raise SourceError(f"--split-channels needs one channel count; files have {chans}")
         self.channels = infos[0].channels if self.split_channels else 1
@@ -262,11 +307,14 @@ class FileSource(Source):
         return [str(self.name)]
 
     def describe(self) -> list[dict[str, Any]]:
-        src = self.label if self.label is not None else str(self.paths[0]) \
+        src = self.label if self.label is not None else show_path(self.paths[0]) \
             if len(self.paths) == 1 else f"{len(self.files)} files"
         return [{"id": s, "kind": "file", "source": src, "channel": i if self.split_channels
                  else None, "speed": self.speed, "loop": self.loop}
                 for i, s in enumerate(self.stream_ids)]
+
+    def stats(self) -> dict[str, Any]:
+        return {"skipped_files": len(self.skipped)} if self.skipped else {}
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         if not self.files:
@@ -329,7 +377,7 @@ class FileSource(Source):
         except SourceError:
             raise
         except Exception as err:  # libsndfile errors mid-file
-            raise SourceError(f"{path}: read failed ({_cause(err)})") from err
+            raise SourceError(f"{show_path(path)}: read failed ({_cause(err)})") from err
 
 
 @dataclass

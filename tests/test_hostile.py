@@ -282,3 +282,86 @@ def test_client_limit_holds_for_simultaneous_handshakes(tmp_path, tiny_model_pat
     assert 1 <= served <= 4 and peak <= 4, (served, peak)
     assert set(refused) <= {503, 1013}, refused
     assert pong["type"] == "pong"
+
+
+# ----------------------------------------------------------------------------- file names
+
+def _non_utf8_tree(root, clip):
+    """mixed/: a good clip, a good clip under a non-UTF-8 name, a corrupt non-UTF-8 file;
+    onlybad/: one corrupt non-UTF-8 file."""
+    import shutil
+
+    mixed, onlybad = root / "mixed", root / "onlybad"
+    mixed.mkdir(parents=True)
+    onlybad.mkdir()
+    shutil.copy(clip, mixed / "a.flac")
+    shutil.copy(clip, os.path.join(os.fsencode(mixed), b"ok\xfe.flac"))
+    with open(os.path.join(os.fsencode(mixed), b"bad\xff.wav"), "wb") as f:
+        f.write(b"not audio at all" * 10)
+    with open(os.path.join(os.fsencode(onlybad), b"\xff\xfe.wav"), "wb") as f:
+        f.write(b"RIFF" + b"\0" * 60)
+    return mixed, onlybad
+
+
+@pytest.mark.timeout(90)
+def test_non_utf8_file_names_over_websocket(tmp_path, tiny_model_path, tess_dir):
+    """A directory with non-UTF-8 names plays its readable files (one of them non-UTF-8) and
+    says which it skipped; a directory with only a bad one gets an error reply naming it with
+    \\xNN escapes, and the connection stays. No reply shows the allowed directory's path."""
+    import soundfile as sf
+
+    allowed = tmp_path / "allowed"
+    clip = tess_files(tess_dir, 1)[0]
+    _non_utf8_tree(allowed, clip)
+    duration = sf.info(str(clip)).duration
+    cfg = make_config(tmp_path, tiny_model_path, allowed_dir=allowed, gap_s=0.5,
+                      status_interval_s=0.2)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            ack = await c.request(protocol.replay(path="mixed", speed=0, id="m"))
+            assert ack["type"] == "ack", ack
+            await c.until(_ended(ack["stream"]), seen=True)
+            status = await c.until(lambda m: m["type"] == "status" and any(
+                s["stream"] == ack["stream"] and s["state"] == "ended" for s in m["streams"]))
+            bad = await c.request(protocol.replay(path="onlybad", speed=0, id="b"))
+            pong = await c.request(protocol.ping(id="still"))
+            return c, ack, status, bad, pong
+
+    c, ack, status, bad, pong = asyncio.run(main())
+    sid = ack["stream"]
+    ended = c.of("stream_ended", sid)[0]
+    assert ended["reason"] == "eof"
+    assert ended["t_end_s"] == pytest.approx(2 * duration + 0.5, abs=0.05)  # both good files
+    skipped = [m for m in c.of("error") if m.get("stream") == sid]
+    assert len(skipped) == 1 and "bad\\xff.wav" in skipped[0]["message"], skipped
+    row = next(s for s in status["streams"] if s["stream"] == sid)
+    assert row["source_stats"] == {"skipped_files": 1}
+    assert bad["type"] == "error" and bad["code"] == "bad_audio", bad
+    assert "\\xff\\xfe.wav" in bad["message"], bad
+    assert pong["type"] == "pong"
+    for raw in c.raw:
+        assert str(allowed) not in raw and str(allowed.resolve()) not in raw
+        raw.encode("utf-8")
+
+
+@pytest.mark.timeout(120)
+def test_non_utf8_file_names_on_command_line(tmp_path, tiny_model_path, tess_dir):
+    """`--replay DIR` holding non-UTF-8 names beside a second, valid source: the daemon
+    starts, plays both (skipping the unreadable file with a warning) and exits 0."""
+    from streamer.sessionlog import read_session
+
+    clip = tess_files(tess_dir, 1)[0]
+    mixed, onlybad = _non_utf8_tree(tmp_path / "data", clip)
+    d = DaemonProcess(["--replay", str(mixed), "--replay", str(clip), "--replay", str(onlybad),
+                       "--speed", "0", "--exit-when-done", "--model", str(tiny_model_path),
+                       "--device", "cpu", "--vad", "energy", "--explain-every", "0",
+                       "--sessions-dir", str(tmp_path / "s"), "--session-id", "nonutf8"],
+                      cwd=tmp_path)
+    rc, err = d.wait(timeout=90)
+    assert rc == 0, err
+    assert "skipped" in err and "bad\\xff.wav" in err
+    msgs = read_session(tmp_path / "s" / "nonutf8.jsonl").messages
+    ended = {m["stream"]: m for m in msgs if m["type"] == "stream_ended"}
+    assert len(ended) == 2 and all(m["reason"] == "eof" for m in ended.values()), ended
+    assert any(m["type"] == "error" and "\\xff\\xfe.wav" in m["message"] for m in msgs)
