@@ -221,8 +221,14 @@ SCHEMAS: dict[str, dict] = {
                 "dropped_windows": _COUNT,
                 # What the source itself reports, e.g. a microphone's input overflows and
                 # ring-buffer drops: {"overflows": 0, "dropped_frames": 0}.
-                "source_stats": {"type": "object",
-                                 "additionalProperties": {"type": "number", "minimum": 0}},
+                "source_stats": {
+                    "description": "counters the source reports: a microphone's overflows "
+                    "and dropped_frames; a file's or stdin's nonfinite_samples (NaN/Inf "
+                    "replaced by 0) and clipped_samples (beyond +-1, clipped), and a replayed "
+                    "directory's skipped_files (unreadable, left out); repair and skip "
+                    "counters only once above 0",
+                    "type": "object",
+                    "additionalProperties": {"type": "number", "minimum": 0}},
             },
             "required": ["stream", "state", "lag_s", "t_processed_s", "windows",
                          "voiced_windows", "dropped_windows"],
@@ -698,7 +704,8 @@ EXAMPLES: dict[str, dict] = {
     "prediction": prediction("s1", 0, 0.0, 3.0, _EX_T0,
                              [0.62, 0.03, 0.1, 0.05, 0.1, 0.05, 0.05], 18.4, _CLASSES),
     "explanation": _example_explanation(),
-    "status": status([stream_status("s1", "running", 0.02, 3.5, 2, 2, 0),
+    "status": status([stream_status("s1", "running", 0.02, 3.5, 2, 2, 0,
+                                    {"nonfinite_samples": 3}),
                       stream_status("mic", "running", 0.01, 3.5, 2, 1, 0,
                                     {"overflows": 0, "dropped_frames": 0})],
                      [{"client_id": "c1", "queued": 0, "dropped_messages": 0}], 4.0,

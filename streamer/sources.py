@@ -220,6 +220,43 @@ def check_audio_file(path: Path) -> AudioHeader:
     return info
 
 
+class SampleRepair:
+    """Float audio as it must reach the model: non-finite samples (NaN, +-Inf) become 0 and
+    samples beyond full scale are clipped to [-1, 1]; both are counted for ``stats()``.
+
+    One NaN in a window makes its prediction NaN (no prediction at all), and the source is the
+    place to repair it: before resampling, which would smear it over the filter's length. Audio
+    within full scale (all integer formats) passes on the fast path, untouched.
+    """
+
+    def __init__(self) -> None:
+        self.nonfinite = 0
+        self.clipped = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.size == 0 or float(np.max(np.abs(x))) <= 1.0:  # NaN compares False: slow path
+            return x
+        bad = ~np.isfinite(x)
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad:
+            x = np.where(bad, np.float32(0), x)
+            self.nonfinite += n_bad
+        over = np.abs(x) > 1.0
+        n_over = int(np.count_nonzero(over))
+        if n_over:
+            x = np.clip(x, -1.0, 1.0)
+            self.clipped += n_over
+        return x.astype(np.float32, copy=False)
+
+    def stats(self) -> dict[str, int]:
+        out = {}
+        if self.nonfinite:
+            out["nonfinite_samples"] = self.nonfinite
+        if self.clipped:
+            out["clipped_samples"] = self.clipped
+        return out
+
+
 class _Converter:
     """Mixdown or keep channels, then stream-resample to the model rate (soxr)."""
 
@@ -265,6 +302,7 @@ class FileSource(Source):
     kind: str = field(default="file", init=False)
     files: list[Path] = field(default_factory=list, init=False)
     skipped: list[str] = field(default_factory=list, init=False)  # why each was left out
+    repair: SampleRepair = field(default_factory=SampleRepair, init=False, repr=False)
     channels: int = field(default=1, init=False)
 
     def open(self) -> FileSource:
@@ -314,7 +352,10 @@ class FileSource(Source):
                 for i, s in enumerate(self.stream_ids)]
 
     def stats(self) -> dict[str, Any]:
-        return {"skipped_files": len(self.skipped)} if self.skipped else {}
+        out: dict[str, Any] = self.repair.stats()
+        if self.skipped:
+            out["skipped_files"] = len(self.skipped)
+        return out
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         if not self.files:
@@ -368,7 +409,7 @@ class FileSource(Source):
                 conv = _Converter(f.samplerate, self.sample_rate, f.channels, self.split_channels)
                 block = max(1, int(math.ceil(block_s * f.samplerate)))
                 while True:
-                    data = f.read(block, dtype="float32", always_2d=True)
+                    data = self.repair(f.read(block, dtype="float32", always_2d=True))
                     last = data.shape[0] < block
                     if not send(conv(data, last=last)):
                         return False
@@ -397,6 +438,10 @@ class StdinSource(Source):
     stream: BinaryIO | None = None
     block_s: float = 0.05
     kind: str = field(default="stdin", init=False)
+    repair: SampleRepair = field(default_factory=SampleRepair, init=False, repr=False)
+
+    def stats(self) -> dict[str, Any]:
+        return self.repair.stats()
 
     def open(self) -> StdinSource:
         if self.fmt not in PCM_FORMATS:
@@ -437,7 +482,7 @@ class StdinSource(Source):
             pending += data
             n = len(pending) // frame_bytes * frame_bytes
             raw, pending = pending[:n], pending[n:]
-            x = np.frombuffer(raw, dtype=dtype).astype(np.float32) / scale
+            x = self.repair(np.frombuffer(raw, dtype=dtype).astype(np.float32) / scale)
             out = conv(x.reshape(-1, self.channels), last=last)
             if out.shape[0]:
                 wall, mono = time.time(), time.perf_counter()
