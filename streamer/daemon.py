@@ -582,7 +582,7 @@ class Daemon:
             raise _RequestError("source_failed",
                                 f"file check took longer than {limit:g} s") from None
         except Busy as exc:
-            raise _RequestError("limit_reached", str(exc)) from None
+            raise _RequestError("busy", str(exc)) from None
 
     def _stop_stream(self, sid: str, ref: Any) -> list[dict]:
         st = self.streams.get(sid)

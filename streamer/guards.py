@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -125,3 +126,28 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, self._shown[secret])
         return text
+
+
+class LogLimiter:
+    """At most ``burst`` log records per key, refilled at ``per_s`` a second (a token bucket):
+    a client that makes every message fail cannot flood the log with tracebacks."""
+
+    def __init__(self, per_s: float = 0.2, burst: int = 3) -> None:
+        self.per_s, self.burst = per_s, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.per_s)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        return True
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)
+        self.suppressed.pop(key, None)

@@ -20,6 +20,7 @@ import binascii
 import json
 import math
 import re
+import reprlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -48,6 +49,7 @@ ERROR_CODES = (
     "bad_audio",           # the file is not audio libsndfile can read, or is empty
     "source_failed",       # a running source failed (microphone unplugged, read error)
     "limit_reached",       # too many streams
+    "busy",                # too much in progress (uploads being decoded, file checks): retry
     "internal",            # a bug on the server side; the connection stays usable
 )
 END_REASONS = ("eof", "stopped", "error", "shutdown")
@@ -65,12 +67,20 @@ class ProtocolError(ValueError):
 
 # ----------------------------------------------------------------------------- schemas
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not encodable as UTF-8
 _NUM = {"type": "number"}
 _NONNEG = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
 _STREAM_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
 _LABEL = {"type": "string", "minLength": 1, "maxLength": 64}
-_REF = {"type": ["string", "integer", "null"], "maxLength": 64}
+#: Integer ids stay within what every JSON parser holds exactly (JavaScript's safe integers).
+MAX_INT_ID = 2**53 - 1
+#: The most of a client's value an error text quotes.
+MAX_QUOTE = 60
+#: Error texts are cut to this many characters.
+MAX_ERROR_TEXT = 1024
+_REF = {"type": ["string", "integer", "null"], "maxLength": 64, "minimum": -MAX_INT_ID,
+        "maximum": MAX_INT_ID}
 _PAIR = {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2}
 _PAIR_OR_NULL = {"anyOf": [_PAIR, {"type": "null"}]}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -253,7 +263,7 @@ SCHEMAS: dict[str, dict] = {
     }, ["stream", "reason", "windows", "t_end_s", "wall_time"]),
     "error": _msg("error", {
         "code": {"enum": list(ERROR_CODES)},
-        "message": {"type": "string"},
+        "message": {"type": "string", "maxLength": MAX_ERROR_TEXT},
         "ref": _REF,
         "stream": _STREAM_ID,
     }, ["code", "message"]),
@@ -308,10 +318,10 @@ _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
 def _errors(value: Any, schema: Mapping, where: str) -> Iterable[str]:
     """Yield what is wrong with ``value`` under the JSON-Schema subset used in SCHEMAS."""
     if "const" in schema and value != schema["const"]:
-        yield f"{where}: expected {schema['const']!r}, got {value!r}"
+        yield f"{where}: expected {schema['const']!r}, got {excerpt(value)}"
         return
     if "enum" in schema and value not in schema["enum"]:
-        yield f"{where}: {value!r} is not one of {schema['enum']}"
+        yield f"{where}: {excerpt(value)} is not one of {schema['enum']}"
         return
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
@@ -322,18 +332,18 @@ def _errors(value: Any, schema: Mapping, where: str) -> Iterable[str]:
         yield f"{where}: {value} is not a finite number"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            yield f"{where}: {value} < minimum {schema['minimum']}"
+            yield f"{where}: {excerpt(value)} < minimum {schema['minimum']}"
         if "maximum" in schema and value > schema["maximum"]:
-            yield f"{where}: {value} > maximum {schema['maximum']}"
+            yield f"{where}: {excerpt(value)} > maximum {schema['maximum']}"
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            yield f"{where}: {value} <= {schema['exclusiveMinimum']}"
+            yield f"{where}: {excerpt(value)} <= {schema['exclusiveMinimum']}"
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             yield f"{where}: shorter than {schema['minLength']} characters"
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             yield f"{where}: longer than {schema['maxLength']} characters"
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            yield f"{where}: {value!r} does not match {schema['pattern']}"
+            yield f"{where}: {excerpt(value)} does not match {schema['pattern']}"
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             yield f"{where}: fewer than {schema['minItems']} items"
@@ -352,7 +362,7 @@ def _errors(value: Any, schema: Mapping, where: str) -> Iterable[str]:
             if key in props:
                 yield from _errors(item, props[key], f"{where}.{key}")
             elif extra is False:
-                yield f"{where}: unknown field {key!r}"
+                yield f"{where}: unknown field {excerpt(key)}"
             elif isinstance(extra, dict):
                 yield from _errors(item, extra, f"{where}.{key}")
     if "anyOf" in schema:
@@ -409,6 +419,36 @@ def _check_explanation(msg: Mapping) -> None:
     _frame_bytes(cam, "cam")
 
 
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = _EXCERPT.maxother = _EXCERPT.maxlong = MAX_QUOTE
+_EXCERPT.maxlevel, _EXCERPT.maxlist, _EXCERPT.maxdict, _EXCERPT.maxtuple = 2, 4, 4, 4
+
+
+def excerpt(value: Any) -> str:
+    """A short ``repr`` of a client's value for an error text: at most about ``MAX_QUOTE``
+    characters and two levels deep (a 5 MB string or 30,000 nested arrays are not quoted)."""
+    return _EXCERPT.repr(value)
+
+
+def ref_of(msg: Any) -> str | int | None:
+    """The request id a reply may echo as ``ref``: a string of 1-64 characters or an integer
+    within +-``MAX_INT_ID`` (not a bool, not a float such as 1.0); anything else is None, so a
+    reply never carries what the schema forbids, even for a message that fails validation."""
+    ref = msg.get("id") if isinstance(msg, dict) else None
+    if isinstance(ref, str) and 1 <= len(ref) <= 64 and not _SURROGATE.search(ref):
+        return ref
+    if type(ref) is int and -MAX_INT_ID <= ref <= MAX_INT_ID:
+        return ref
+    return None
+
+
+def _check_client_id(msg: Mapping) -> None:
+    """JSON Schema calls 1.0 an integer; as an id it would come back as ``"ref": 1.0``."""
+    if isinstance(msg.get("id"), float):
+        raise ProtocolError("invalid_message",
+                            f"{msg['type']}.id: {excerpt(msg['id'])} is not an integer")
+
+
 _SEMANTIC_CHECKS: dict[str, Callable[[Mapping], None]] = {
     "prediction": _check_prediction,
     "explanation": _check_explanation,
@@ -427,17 +467,19 @@ def validate(msg: Any, direction: str | None = None) -> dict:
     allowed = {"client": CLIENT_TYPES, "server": SERVER_TYPES}.get(direction or "",
                                                                    SCHEMAS.keys())
     if not isinstance(kind, str) or kind not in allowed:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; "
+        raise ProtocolError("unknown_type", f"unknown message type {excerpt(kind)}; "
                             f"expected one of {', '.join(allowed)}")
     if msg.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("unsupported_version",
-                            f"protocol version {msg.get('v')!r} is not supported; "
+                            f"protocol version {excerpt(msg.get('v'))} is not supported; "
                             f"this server speaks \"{PROTOCOL_VERSION}\"")
     problems = list(_errors(msg, SCHEMAS[kind], kind))
     if problems:
         raise ProtocolError("invalid_message", "; ".join(problems[:5]))
     if kind in _SEMANTIC_CHECKS:
         _SEMANTIC_CHECKS[kind](msg)
+    if kind in CLIENT_TYPES:
+        _check_client_id(msg)
     return msg
 
 
@@ -457,8 +499,6 @@ def encode(msg: Mapping) -> str:
                               allow_nan=False)
     return text
 
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _scrub(value: Any) -> Any:
@@ -627,6 +667,8 @@ def error(code: str, message: str, ref: str | int | None = None,
           stream: str | None = None) -> dict:
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
+    if len(message) > MAX_ERROR_TEXT:
+        message = message[:MAX_ERROR_TEXT - 1] + "…"
     return _base("error", code=code, message=message, ref=ref, stream=stream)
 
 

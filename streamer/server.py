@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
+import concurrent.futures
 import contextlib
 import hmac
 import ipaddress
 import itertools
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,10 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server as _WsServer
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.http11 import Request, Response
 
 from streamer import protocol
+from streamer.guards import LogLimiter
+from streamer.intake import Rejected, UploadBudget, read_request
 
 log = logging.getLogger("streamer.server")
 
@@ -63,11 +64,22 @@ class ServerConfig:
     # Kernel send buffer per connection. Small on purpose (no autotuning to megabytes): a slow
     # client's backlog then sits in our bounded, counted queue, not hidden in the kernel.
     send_buffer_bytes: int | None = 256 * 1024
+    # A client whose one pending send makes no progress this long (it never reads: its buffer
+    # is full) is disconnected, which frees its slot. The library's keep-alive ping cannot do
+    # it: the ping waits behind the full buffer too.
+    send_timeout_s: float = 30.0
+    # Bytes of upload frames decoded at once, all clients together (None: two largest
+    # frames); a frame beyond it is refused with "busy".
+    max_upload_inflight_bytes: int | None = None
 
     @property
     def frame_limit(self) -> int:
         """The websocket layer's hard limit: a replay carrying the largest upload in base64."""
         return self.max_message_bytes + (self.max_upload_bytes + 2) // 3 * 4 + 1024
+
+    @property
+    def upload_inflight_limit(self) -> int:
+        return self.max_upload_inflight_bytes or 2 * self.frame_limit
 
     def limits(self) -> dict[str, int]:
         return {"max_message_bytes": self.max_message_bytes,
@@ -106,6 +118,7 @@ class Client:
     id: str
     ws: ServerConnection
     queue_size: int
+    send_timeout_s: float = 30.0
     streams: set[str] | None = None  # None: all streams
     types: set[str] | None = None  # None: all message types
     dropped: int = 0
@@ -145,8 +158,21 @@ class Client:
             self.wake.clear()
             while self.control or self.queue:
                 text = self.control.popleft() if self.control else self.queue.popleft()
-                await self.ws.send(text)
+                await self.send(text)
                 self.sent += 1
+
+    async def send(self, text: str) -> None:
+        """One send, or the connection is dropped after ``send_timeout_s`` without it
+        completing (the client does not read). Aborted, not closed: a close frame would wait
+        behind the same full buffer."""
+        try:
+            await asyncio.wait_for(self.ws.send(text), self.send_timeout_s)
+        except TimeoutError:
+            log.warning("client %s read nothing for %.0f s: disconnected", self.id,
+                        self.send_timeout_s)
+            if self.ws.transport is not None:
+                self.ws.transport.abort()
+            raise ConnectionClosedError(None, None) from None
 
     @property
     def pending(self) -> int:
@@ -170,6 +196,10 @@ class Server:
         self._ws: _WsServer | None = None
         self.port: int | None = None
         self.refused = collections.Counter[str]()
+        self.upload_budget = UploadBudget(config.upload_inflight_limit)
+        # Upload frames are parsed and decoded here, not in the loop.
+        self._decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self._log_limit = LogLimiter()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -183,6 +213,8 @@ class Server:
             ping_interval=20, ping_timeout=20, close_timeout=2,
             # Our own queues do the buffering; keep the library's small so drops are ours.
             write_limit=2**15,
+            # Read no further ahead than one frame per client: frames may be upload-sized.
+            max_queue=1,
         )
         self.port = next(iter(self._ws.sockets)).getsockname()[1]
 
@@ -197,6 +229,7 @@ class Server:
             self._ws.close(close_connections=True, code=1001, reason=reason)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.wait_closed(), timeout=5)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- fan-out
     def broadcast(self, msg: dict, text: str | None = None) -> None:
@@ -233,7 +266,8 @@ class Server:
             self.refused["max_clients"] += 1
             await ws.close(1013, f"too many clients (max {self.config.max_clients})")
             return
-        client = Client(f"c{next(self._ids)}", ws, self.config.queue_size)
+        client = Client(f"c{next(self._ids)}", ws, self.config.queue_size,
+                        self.config.send_timeout_s)
         sock = ws.transport.get_extra_info("socket") if ws.transport else None
         if sock is not None and self.config.send_buffer_bytes:
             with contextlib.suppress(OSError):
@@ -242,7 +276,7 @@ class Server:
         self.clients[client.id] = client
         sender: asyncio.Task | None = None
         try:
-            await ws.send(protocol.encode(self._hello(client.id)))  # always the first message
+            await client.send(protocol.encode(self._hello(client.id)))  # always the first
             sender = asyncio.create_task(client.run_sender(), name=f"sender-{client.id}")
             async for raw in ws:
                 await self._on_message(client, raw)
@@ -252,6 +286,7 @@ class Server:
             pass
         finally:
             self.clients.pop(client.id, None)
+            self._log_limit.forget(client.id)
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -260,34 +295,36 @@ class Server:
     async def _on_message(self, client: Client, raw: str | bytes) -> None:
         ref = None
         try:
-            if isinstance(raw, bytes):
-                raise protocol.ProtocolError("bad_json", "send JSON text frames, not binary")
-            size = len(raw) if len(raw) * 4 <= self.config.max_message_bytes \
-                else len(raw.encode("utf-8"))
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                if size > self.config.max_message_bytes:
-                    raise protocol.ProtocolError(
-                        "too_large", f"message of {size} bytes over the limit of "
-                        f"{self.config.max_message_bytes}") from None
-                raise protocol.ProtocolError("bad_json", f"not JSON: {exc}") from None
-            if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)):
-                ref = obj["id"]
-            if size > self.config.max_message_bytes and not (
-                    isinstance(obj, dict) and obj.get("type") == "replay"
-                    and isinstance(obj.get("upload"), dict)):
-                raise protocol.ProtocolError(
-                    "too_large", f"message of {size} bytes over the limit of "
-                    f"{self.config.max_message_bytes}")
-            msg = protocol.validate(obj, direction="client")
+            msg = await self._read(raw)
+            ref = protocol.ref_of(msg)
             for reply in await self._dispatch(client, msg):
                 client.reply(reply)
+        except Rejected as exc:
+            client.reply(protocol.error(exc.code, exc.message, ref=exc.ref))
         except protocol.ProtocolError as exc:
             client.reply(protocol.error(exc.code, exc.message, ref=ref))
-        except Exception as exc:  # a bug must not take the connection down
-            log.exception("request failed")
-            client.reply(protocol.error("internal", f"{type(exc).__name__}: {exc}", ref=ref))
+        except Exception as exc:  # a bug must not take the connection down, nor flood the log
+            if self._log_limit.allow(client.id):
+                log.exception("request from %s failed", client.id)
+            client.reply(protocol.error("internal", f"{type(exc).__name__}: "
+                                        f"{protocol.excerpt(str(exc))}", ref=ref))
+
+    async def _read(self, raw: str | bytes) -> dict:
+        """``intake.read_request``: in the loop for ordinary messages; an upload-sized frame
+        in a worker thread, within the upload budget (else ``busy``)."""
+        cfg = self.config
+        if isinstance(raw, bytes) or len(raw) <= cfg.max_message_bytes:
+            return read_request(raw, cfg.max_message_bytes, cfg.max_upload_bytes)
+        n = len(raw)
+        if not self.upload_budget.try_acquire(n):
+            raise Rejected("busy", f"other uploads are being received ("
+                           f"{self.upload_budget.in_flight} bytes); retry in a moment")
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._decoder, read_request, raw,
+                                              cfg.max_message_bytes, cfg.max_upload_bytes)
+        finally:
+            self.upload_budget.release(n)
 
     async def _dispatch(self, client: Client, msg: dict) -> list[dict]:
         kind, ref = msg["type"], msg.get("id")
@@ -298,20 +335,6 @@ class Server:
             client.streams = None if streams == "*" else set(streams)
             client.types = set(msg["types"]) if "types" in msg else None
             return [protocol.ack("subscribe", ref=ref, streams=streams)]
-        if kind == "replay" and "upload" in msg:
-            data = msg["upload"]["data"]
-            if len(data) > (self.config.max_upload_bytes + 2) // 3 * 4:
-                raise protocol.ProtocolError(
-                    "too_large", f"upload over the limit of {self.config.max_upload_bytes} bytes")
-            try:
-                decoded = base64.b64decode(data, validate=True)
-            except ValueError:
-                raise protocol.ProtocolError("invalid_message",
-                                             "replay.upload.data is not base64") from None
-            if len(decoded) > self.config.max_upload_bytes:
-                raise protocol.ProtocolError(
-                    "too_large", f"upload over the limit of {self.config.max_upload_bytes} bytes")
-            msg = {**msg, "upload": {**msg["upload"], "bytes": decoded}}
         if self._on_request is None:
             raise protocol.ProtocolError("forbidden", f"{kind} is not available on this server")
         return await self._on_request(client, msg)

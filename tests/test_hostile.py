@@ -427,3 +427,132 @@ def test_non_finite_samples_repaired_and_counted(tmp_path, tiny_model_path):
         assert c.of("stream_ended", sid)[0]["windows"] == len(preds)
         row = next(s for s in status["streams"] if s["stream"] == sid)
         assert row["source_stats"] == {"nonfinite_samples": n_bad, "clipped_samples": n_clip}
+
+
+# ----------------------------------------------------------------------------- protocol edges
+
+def _edge_cases() -> dict[str, tuple[str, str]]:
+    """name -> (frame, expected error code)."""
+    import json
+
+    deep = "[" * 30000 + "]" * 30000
+    ping = {"type": "ping", "v": "1"}
+    return {
+        "30k nested arrays": (deep, "bad_json"),
+        "nested in a field": ('{"type":"ping","v":"1","x":' + deep + "}", "bad_json"),
+        "lone surrogate id": ('{"type":"ping","v":"1","id":"\\ud800"}', "invalid_message"),
+        "lone surrogate key": ('{"type":"ping","v":"1","\\udfff":1}', "invalid_message"),
+        "lone surrogate path": ('{"type":"replay","v":"1","path":"a\\udcff.wav"}',
+                                "invalid_message"),
+        "id true": (json.dumps({**ping, "id": True}), "invalid_message"),
+        "id 65 chars": (json.dumps({**ping, "id": "i" * 65}), "invalid_message"),
+        "id 5 MB": (json.dumps({**ping, "id": "i" * 5_000_000}), "too_large"),
+        "id 1.0": (json.dumps({**ping, "id": 1.0}), "invalid_message"),
+        "id 1e300": (json.dumps({**ping, "id": 1e300}), "invalid_message"),
+        "v 50 KB": (json.dumps({**ping, "v": "v" * 50_000}), "unsupported_version"),
+        "v 5 MB": (json.dumps({**ping, "v": "v" * 5_000_000}), "too_large"),
+        "type 50 KB": (json.dumps({"type": "t" * 50_000, "v": "1"}), "unknown_type"),
+        "upload + 1 MB junk field": (json.dumps({
+            "type": "replay", "v": "1", "upload": {"name": "a.wav", "data": "AAAA"},
+            "junk": "j" * 1_000_000}), "too_large"),
+        "upload + 100 KB name": (json.dumps({
+            "type": "replay", "v": "1", "upload": {"name": "n" * 100_000, "data": "AAAA"}}),
+            "too_large"),
+    }
+
+
+@pytest.mark.timeout(90)
+def test_protocol_edges_answered_connection_stays(tmp_path, tiny_model_path):
+    """Each hostile frame gets one valid error reply with the right code, a short text and a
+    `ref` that is only ever a valid id; the connection stays usable after every one."""
+    cases = _edge_cases()
+    cfg = make_config(tmp_path, tiny_model_path)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon, max_size=None) as c:
+            out = {}
+            for i, (name, (frame, _)) in enumerate(cases.items()):
+                await c.send(frame)
+                out[name] = await c.until(lambda m: m["type"] in ("error", "pong", "ack"))
+                raw = c.raw[-1]
+                pong = await c.request(protocol.ping(id=i), timeout=20)
+                assert pong["type"] == "pong" and pong["ref"] == i, (name, pong)
+                out[name] = (out[name], len(raw))
+            ok = await c.request({"type": "ping", "v": "1", "id": 2**53 - 1})
+            return out, ok
+
+    out, ok = asyncio.run(main())
+    got = {name: reply["code"] if reply["type"] == "error" else reply["type"]
+           for name, (reply, _) in out.items()}
+    assert got == {name: code for name, (_, code) in cases.items()}
+    for name, (reply, size) in out.items():
+        protocol.validate(reply, direction="server")
+        assert reply.get("ref") is None, (name, reply)
+        assert size < 1500, (name, size)
+    assert ok["type"] == "pong" and ok["ref"] == 2**53 - 1
+
+
+@pytest.mark.timeout(60)
+def test_internal_errors_logged_at_a_bounded_rate(tmp_path, tiny_model_path, caplog):
+    """A request that hits a server bug gets `internal` every time, but the log gets only a
+    few tracebacks per client, not one per message."""
+    import logging
+
+    cfg = make_config(tmp_path, tiny_model_path)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            async def broken(msg, ref):
+                raise RuntimeError("a bug " + "x" * 5000)
+
+            daemon._replay = broken
+            replies = [await c.request(protocol.replay(path="a.wav", id=i)) for i in range(30)]
+            pong = await c.request(protocol.ping(id="p"))
+            return replies, pong
+
+    with caplog.at_level(logging.ERROR, logger="streamer.server"):
+        replies, pong = asyncio.run(main())
+    assert [r["code"] for r in replies] == ["internal"] * 30
+    assert all(len(r["message"]) < 200 for r in replies)
+    tracebacks = [r for r in caplog.records if r.name == "streamer.server" and r.exc_info]
+    assert 1 <= len(tracebacks) <= 5, len(tracebacks)
+    assert pong["type"] == "pong"
+
+
+@pytest.mark.timeout(90)
+def test_client_that_never_reads_is_disconnected(tmp_path, tiny_model_path, tess_dir):
+    """A client that stops reading (tiny receive buffer, never calls recv) is disconnected
+    after send_timeout_s without progress and its slot is freed; a reading client is not."""
+    import socket
+
+    from websockets.asyncio.client import connect
+
+    files = tess_files(tess_dir, 1)
+    cfg = make_config(tmp_path, tiny_model_path, send_timeout_s=2.0, send_buffer_bytes=4096,
+                      explain_every=1, max_clients=3)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon, close_timeout=1) as reader:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", daemon.port))
+            async with connect(f"ws://127.0.0.1:{daemon.port}/", sock=sock, max_queue=1,
+                               close_timeout=0.5):
+                await asyncio.sleep(0.2)
+                stuck = [cid for cid in daemon.server.clients if cid != "c1"]
+                await daemon._start_source(FileSource(files, 16000, name="busy", speed=0,
+                                                      loop=True))
+                t0 = time.monotonic()
+                while any(cid in daemon.server.clients for cid in stuck):
+                    assert time.monotonic() - t0 < 60, "the stuck client was never dropped"
+                    await reader.recv()
+                took = time.monotonic() - t0
+                await reader.until(lambda m: m["type"] == "prediction")  # still served
+                async with client(daemon) as again:  # the freed slot is usable
+                    pong = await again.request(protocol.ping(id=1))
+                await reader.request(protocol.stop_stream("busy", id="stop"))
+            return stuck, took, pong
+
+    stuck, took, pong = asyncio.run(main())
+    assert len(stuck) == 1 and pong["type"] == "pong"
+    assert took >= 1.5, took
