@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "faithfulness" / "results.json")
     p.add_argument("--train-only", action="store_true", help="just train/cache the fold model")
+    p.add_argument("--heldout", metavar="NAME=PATH", default=None,
+                   help="explain clips of this corpus instead of the TESS fold (for a --model "
+                        "never trained on it, e.g. savee=../shared/data/savee for the shipped "
+                        "models)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -262,11 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     if int(model.card["sample_rate"]) != SAMPLE_RATE:
         raise SystemExit(f"the model's rate {model.card['sample_rate']} is not {SAMPLE_RATE}")
 
-    utts, _, te = fold_split(args.tess, args.fold)
+    if args.heldout:
+        if args.model is None:
+            raise SystemExit("--heldout needs --model (a model never trained on that corpus)")
+        from train.corpus import load_corpora
+
+        utts = load_corpora([args.heldout])
+        te = list(range(len(utts)))
+    else:
+        utts, _, te = fold_split(args.tess, args.fold)
     rng = np.random.default_rng(args.seed)
     chosen: list[int] = []
     for emo in EMOTIONS:
         idx = [i for i in te if utts[i].emotion == emo]
+        if not idx:
+            continue
         chosen += sorted(rng.choice(idx, min(args.per_class, len(idx)), replace=False).tolist())
     clips = load_clips([utts[i] for i in chosen])
     labels = [EMOTIONS.index(utts[i].emotion) for i in chosen]
@@ -284,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": args.threads},
         "settings": {"model": str(model_path), "card_training": model.card.get("training"),
-                     "fold": f"cv5 seed 0 fold {args.fold} (held out)",
+                     "fold": (f"{args.heldout} (never trained on)" if args.heldout
+                              else f"cv5 seed 0 fold {args.fold} (held out)"),
                      "per_class": args.per_class, "random_boxes": args.random,
                      "box_area": BOX_AREA, "masking": "STFT noise-floor fill, random phase",
                      "target": "predicted class", "seconds": round(time.time() - t0, 1)},
