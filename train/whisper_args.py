@@ -16,10 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocols", nargs="*", default=list(PROTOCOLS), choices=PROTOCOLS)
     p.add_argument("--speaker-norm", default="both", choices=("off", "on", "both"),
                    help="per-speaker feature standardisation rows (default both)")
-    p.add_argument("--blocks", type=int, nargs="+", default=[1, 2],
-                   help="encoder blocks the choice may read (1-based; default 1 2: three or "
-                   "more blocks break the served model's 20-MB file and 16-stream budgets, "
-                   "see benchmarks/whisper_tradeoff.py)")
+    p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="encoder blocks the choice may read (1-based; default 1 2 3 4)")
     p.add_argument("--final", nargs="*", default=None, metavar="CORPUS",
                    help="fit the served head on these corpora (e.g. tess ravdess)")
     p.add_argument("--calm", default="neutral", choices=("neutral", "drop"),
