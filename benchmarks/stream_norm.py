@@ -12,7 +12,7 @@ script replays each held-out speaker as a stream of 3-s windows (one clip each, 
 replacement) under three emotion mixes -- balanced, 70 % neutral, 70 % angry (a caller angry
 most of the call) -- and scores, at every position k of the stream, (a) the global head,
 (b) the per-speaker head with statistics of the first k windows only, shrunk towards the
-training speakers' average statistics with a prior of ``--prior`` windows.
+training speakers' average statistics with ``PRIOR_WINDOWS`` pseudo-windows (as served).
 
 Held out: RAVDESS actor folds (head trained on TESS + the other actors), TESS actresses (head
 on the other actress + RAVDESS), SAVEE (head on TESS + RAVDESS). The block, pooling, C and
@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the served model's run dir (its choice)")
     p.add_argument("--streams", type=int, default=20, help="random streams per speaker and mix")
     p.add_argument("--length", type=int, default=max(POSITIONS))
-    p.add_argument("--prior", type=float, default=5.0,
-                   help="pseudo-windows of the training speakers' average statistics")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     t0 = time.time()
@@ -100,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             train = train[np.isin(pool.corpus[train], ["tess", "ravdess"])]
         g_head = cc.train_head(pool, train, choice, speaker_norm=False)
         s_head = cc.train_head(pool, train, choice, speaker_norm=True)
-        prior_mean, prior_std = cc.speaker_prior(
-            pool.feats["clean"][train, choice.pooling, choice.block], pool.speaker[train])
+        prior_mean, prior_std = s_head.prior
         rows = next(iter(split.tests.values()))
         for spk in np.unique(pool.speaker[rows]):
             srows = rows[pool.speaker[rows] == spk]
@@ -110,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                     picked = stream_rows(srows, pool.label[srows], args.length, target, rng)
                     x = pool.feats["clean"][picked, choice.pooling, choice.block]
                     g, s = running_scores(x, pool.label[picked], g_head, s_head, prior_mean,
-                                          prior_std, args.prior)
+                                          prior_std, cc.PRIOR_WINDOWS)
                     curves[mix]["global"].append(g.astype(float).tolist())
                     curves[mix]["speaker"].append(s.astype(float).tolist())
     result = {"benchmark": "stream_norm", "machine": platform.platform(),
               "settings": {"choice": cfg["choice"], "streams_per_speaker_mix": args.streams,
-                           "length_windows": args.length, "prior_windows": args.prior,
+                           "length_windows": args.length, "prior_windows": cc.PRIOR_WINDOWS,
                            "window_s": WINDOW_S, "held_out": [f"{c}: {s.name}" for c, s in held]},
               "accuracy": {}}
     for mix, c in curves.items():

@@ -69,14 +69,27 @@ def balanced_weights(corpus: np.ndarray, label: np.ndarray) -> np.ndarray:
     return (w * len(w) / w.sum()).astype(np.float32)
 
 
-def speaker_standardise(x: np.ndarray, speaker: np.ndarray) -> np.ndarray:
-    """Each speaker's rows standardised over that speaker's rows (the per-stream statistics)."""
+PRIOR_WINDOWS = 5.0  # pseudo-windows of prior statistics per speaker / stream (fixed, not tuned)
+
+
+def speaker_standardise(x: np.ndarray, speaker: np.ndarray,
+                        prior: tuple[np.ndarray, np.ndarray] | None = None,
+                        prior_windows: float = PRIOR_WINDOWS) -> np.ndarray:
+    """Each speaker's rows standardised by that speaker's statistics: raw, or shrunk towards
+    ``prior`` (mean, std) with ``prior_windows`` pseudo-clips -- what a served stream does
+    (``WhisperEmotion.stream_moments``), and what keeps a 2-clip speaker (URDU has many) from
+    being standardised by two points."""
     out = np.empty_like(x)
     for s in np.unique(speaker):
         rows = speaker == s
-        mu = x[rows].mean(axis=0)
-        sd = x[rows].std(axis=0) if rows.sum() > 1 else np.ones_like(mu)
-        out[rows] = (x[rows] - mu) / (sd + 1e-5)
+        xs = x[rows].astype(np.float64)
+        if prior is None:
+            mu, sd = xs.mean(axis=0), xs.std(axis=0)
+        else:
+            m, v = shrunk_moments(np.array([len(xs)]), xs.sum(0)[None], (xs * xs).sum(0)[None],
+                                  prior[0], prior[1], prior_windows)
+            mu, sd = m[0], v[0]
+        out[rows] = (xs - mu) / (sd + 1e-5)
     return out
 
 
@@ -106,6 +119,7 @@ class LinearHead:
     std: np.ndarray
     weight: np.ndarray  # [C, D]
     bias: np.ndarray  # [C]
+    prior: tuple[np.ndarray, np.ndarray] | None = None  # speaker-norm heads: the speakers' prior
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std) @ self.weight.T + self.bias
@@ -189,13 +203,14 @@ class Choice:
                 f"{'+phone' if self.phone_aug else 'clean'}")
 
 
-def _design(pool: Pool, rows: np.ndarray, choice: Choice, speaker_norm: bool,
-            variants: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _design(pool: Pool, rows: np.ndarray, choice: Choice,
+            prior: tuple[np.ndarray, np.ndarray] | None, variants: Sequence[str]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, cs, ss = [], [], [], []
     for v in variants:
         x = pool.feats[v][rows, choice.pooling, choice.block]
-        if speaker_norm:
-            x = speaker_standardise(x, pool.speaker[rows])
+        if prior is not None:
+            x = speaker_standardise(x, pool.speaker[rows], prior)
         xs.append(x)
         ys.append(pool.label[rows])
         cs.append(pool.corpus[rows])
@@ -204,9 +219,15 @@ def _design(pool: Pool, rows: np.ndarray, choice: Choice, speaker_norm: bool,
 
 
 def train_head(pool: Pool, rows: np.ndarray, choice: Choice, speaker_norm: bool) -> LinearHead:
+    """The head of ``choice`` on ``rows``; with ``speaker_norm`` its features are standardised
+    per speaker (shrunk towards the training speakers' prior, which the head keeps for test)."""
     variants = ("clean", "ulaw") if choice.phone_aug else ("clean",)
-    x, y, corpus, _ = _design(pool, rows, choice, speaker_norm, variants)
-    return fit_head(x, y, balanced_weights(corpus, y), choice.c)
+    prior = speaker_prior(pool.feats["clean"][rows, choice.pooling, choice.block],
+                          pool.speaker[rows]) if speaker_norm else None
+    x, y, corpus, _ = _design(pool, rows, choice, prior, variants)
+    head = fit_head(x, y, balanced_weights(corpus, y), choice.c)
+    head.prior = prior
+    return head
 
 
 def evaluate(pool: Pool, head: LinearHead, rows: np.ndarray, choice: Choice, speaker_norm: bool,
@@ -214,7 +235,9 @@ def evaluate(pool: Pool, head: LinearHead, rows: np.ndarray, choice: Choice, spe
     rows = rows[np.isin(pool.label[rows], list(classes))]
     x = pool.feats[variant][rows, choice.pooling, choice.block]
     if speaker_norm:
-        x = speaker_standardise(x, pool.speaker[rows])
+        if head.prior is None:
+            raise ValueError("a speaker-norm evaluation needs a head trained with speaker_norm")
+        x = speaker_standardise(x, pool.speaker[rows], head.prior)
     return metrics(pool.label[rows], predict(head, x, classes), classes)
 
 
@@ -366,6 +389,6 @@ def save(results: list[dict], path: str | Path) -> None:
 __all__ = [
     "C_GRID", "Choice", "LinearHead", "Pool", "Split", "balanced_weights", "choose", "evaluate",
     "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds", "run_split", "save",
-    "shrunk_moments", "speaker_prior", "speaker_standardise", "splits", "summarise",
-    "train_head",
+    "PRIOR_WINDOWS", "shrunk_moments", "speaker_prior", "speaker_standardise", "splits",
+    "summarise", "train_head",
 ]

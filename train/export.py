@@ -444,13 +444,11 @@ def _whisper_metrics(results: dict) -> dict:
     return out
 
 
-PRIOR_WINDOWS = 5.0  # pseudo-windows of prior statistics per stream (fixed, not tuned)
-
-
 def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
                      ) -> tuple[nn.Module, dict]:
     import numpy as np
 
+    from train.crosscorpus import PRIOR_WINDOWS
     from train.whisper import HOP_LENGTH, N_FFT, N_MELS
     from train.whisper_emotion import (
         ARCHITECTURE,

@@ -216,8 +216,7 @@ def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int])
     spk_choice, spk_table = cc.choose(pool, rows, speaker_norm=True, blocks=[choice.block],
                                       poolings=[choice.pooling])
     spk = cc.train_head(pool, rows, spk_choice, speaker_norm=True)
-    prior_mean, prior_std = cc.speaker_prior(
-        pool.feats["clean"][rows, choice.pooling, choice.block], pool.speaker[rows])
+    prior_mean, prior_std = spk.prior
     np.savez(out / "head.npz", mean=head.mean, std=head.std, weight=head.weight, bias=head.bias,
              spk_mean=spk.mean, spk_std=spk.std, spk_weight=spk.weight, spk_bias=spk.bias,
              prior_mean=prior_mean, prior_std=prior_std)
