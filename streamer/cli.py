@@ -66,9 +66,10 @@ def _register_stream(sub: Any) -> None:
     m.add_argument("--hop", type=float, default=0.5, help="window hop, seconds (default 0.5)")
     m.add_argument("--explain-every", type=int, default=1, metavar="N",
                    help="Grad-CAM every N-th voiced window of a stream; 0 = off (default 1)")
-    m.add_argument("--stream-norm", default="auto", choices=["auto", "on", "off"],
+    m.add_argument("--stream-norm", action="store_true",
                    help="standardise each stream's features by its own running statistics "
-                   "(auto: where the model file offers it; see benchmarks/stream_norm.py)")
+                   "(models whose card offers it). Off by default: it helps streams balanced "
+                   "over emotions and hurts streams dominated by one (benchmarks/stream_norm.py)")
     m.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
                    help="voice activity detection (default silero)")
     m.add_argument("--vad-threshold", type=float, default=0.5,
@@ -189,9 +190,9 @@ def _stream(args: argparse.Namespace) -> int:
         session_id=args.session_id,
         record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
         exit_when_done=args.exit_when_done, server=server)
-    if args.stream_norm == "on" and not stream_norm.supported(model):
-        print(f"error: --stream-norm on: {args.model} has no per-stream normalisation "
-              "(its card has no 'stream_norm'); use --stream-norm auto or off", file=sys.stderr)
+    if args.stream_norm and not stream_norm.supported(model):
+        print(f"error: --stream-norm: {args.model} has no per-stream normalisation "
+              "(its card has no 'stream_norm')", file=sys.stderr)
         return 2
     sources = build_sources(args, model.sample_rate)
     daemon = Daemon(config, sources, model=model)

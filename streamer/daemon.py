@@ -53,7 +53,7 @@ class DaemonConfig:
     device: str = "auto"
     hop_s: float = 0.5
     explain_every: int = 1
-    stream_norm: str = "auto"  # "auto" (where the model offers it) | "on" | "off"
+    stream_norm: bool = False  # per-stream normalisation (streamer/stream_norm.py)
     vad: str = "silero"  # "silero" | "energy" | "off"
     vad_threshold: float = 0.5
     vad_min_voiced: float = 0.1
@@ -197,9 +197,9 @@ class Daemon:
             vad = None if self.config.vad == "off" else VadConfig(
                 method=self.config.vad, threshold=self.config.vad_threshold,
                 min_voiced=self.config.vad_min_voiced)
-            norm = {"auto": None, "on": True, "off": False}[self.config.stream_norm]
             self.engine = Engine(self.model, vad=vad, explain_every=self.config.explain_every,
-                                 max_batch=self.config.max_batch, stream_norm=norm)
+                                 max_batch=self.config.max_batch,
+                                 stream_norm=self.config.stream_norm)
             self.engine.warmup()  # the TorchScript executor's first calls are slow (D2)
 
     def _listed(self, keep_s: float) -> list[tuple[str, _Stream]]:

@@ -223,8 +223,8 @@ def test_engine_explains_the_label_it_sent(stream_model) -> None:
     from streamer.engine import Engine
     from streamer.windows import Window
 
-    engine = Engine(stream_model, vad=None, explain_every=1)
-    assert engine.norm is not None
+    assert Engine(stream_model, vad=None, explain_every=0).norm is None  # off by default
+    engine = Engine(stream_model, vad=None, explain_every=1, stream_norm=True)
     x = _waves(3).numpy()
     wins = [Window("s", i, 0.5 * i, 0.5 * i + 3, 0.0, time.perf_counter(), x[i], 8000 * i, N)
             for i in range(3)]
@@ -242,11 +242,9 @@ def test_engine_explains_the_label_it_sent(stream_model) -> None:
 
 
 def test_models_without_stream_norm_are_served_as_before(tiny_model_path: Path) -> None:
-    from streamer.engine import Engine
     from streamer.stream_norm import StreamNorm, supported
 
     plain = ServedModel.load(tiny_model_path, "cpu")
     assert not supported(plain)
-    assert Engine(plain, vad=None, explain_every=0).norm is None
     with pytest.raises(ValueError, match="no per-stream normalisation"):
         StreamNorm(plain)
