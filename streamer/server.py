@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.http11 import Request, Response
 
 from streamer import protocol
-from streamer.guards import LogLimiter
+from streamer.guards import LogLimiter, return_memory
 from streamer.intake import Rejected, UploadBudget, read_request
 
 log = logging.getLogger("streamer.server")
@@ -308,6 +308,10 @@ class Server:
                 log.exception("request from %s failed", client.id)
             client.reply(protocol.error("internal", f"{type(exc).__name__}: "
                                         f"{protocol.excerpt(str(exc))}", ref=ref))
+        finally:
+            if not isinstance(raw, bytes) and len(raw) > self.config.max_message_bytes:
+                # the frame's buffers (decoded upload included) are free now: give them back
+                asyncio.get_running_loop().run_in_executor(self._decoder, return_memory)
 
     async def _read(self, raw: str | bytes) -> dict:
         """``intake.read_request``: in the loop for ordinary messages; an upload-sized frame
@@ -319,8 +323,8 @@ class Server:
         if not self.upload_budget.try_acquire(n):
             raise Rejected("busy", f"other uploads are being received ("
                            f"{self.upload_budget.in_flight} bytes); retry in a moment")
+        loop = asyncio.get_running_loop()
         try:
-            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._decoder, read_request, raw,
                                               cfg.max_message_bytes, cfg.max_upload_bytes)
         finally:

@@ -556,3 +556,32 @@ def test_client_that_never_reads_is_disconnected(tmp_path, tiny_model_path, tess
     stuck, took, pong = asyncio.run(main())
     assert len(stuck) == 1 and pong["type"] == "pong"
     assert took >= 1.5, took
+
+
+# ----------------------------------------------------------------------------- upload budget
+
+@pytest.mark.timeout(60)
+def test_upload_frames_beyond_the_budget_get_busy(tmp_path, tiny_model_path):
+    """While other upload bytes fill the in-flight budget, an upload frame is refused at once
+    with `busy` (small messages still served); once they are done the same upload plays. The
+    frame is decoded off the event loop: pings are answered while it is."""
+    cfg = make_config(tmp_path, tiny_model_path, max_upload_bytes=2 * 2**20)
+    data = _wav(20.0, 3)  # ~640 KB
+    request = protocol.replay(upload_name="call.wav", upload_data=data, speed=0, id="up")
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            budget = daemon.server.upload_budget
+            assert budget.try_acquire(budget.limit)  # another client's uploads, in flight
+            await c.send(request)  # refused before it is read: the reply has no ref
+            refused = await c.until(lambda m: m["type"] == "error")
+            pong = await c.request(protocol.ping(id="p"))
+            budget.release(budget.limit)
+            ack = await c.request(request)
+            await c.until(_ended(ack["stream"]), seen=True)
+            return refused, pong, ack, budget.in_flight
+
+    refused, pong, ack, left = asyncio.run(main())
+    assert refused["code"] == "busy" and refused.get("ref") is None, refused
+    assert pong["type"] == "pong"
+    assert ack["type"] == "ack" and left == 0
