@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", required=True)
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--baseline", type=Path, default=None, help="another model file to time")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="a split file whose validation table covers every depth (default: "
+                   "RUN/config.json's; e.g. runs/whisper/splits/shipped-...-none.json, the same "
+                   "training speakers as the served head)")
     p.add_argument("--savee", default="../shared/data/savee", help="held-out clips for int8")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((args.run / "config.json").read_text())
     choice = cc.Choice(**cfg["choice"])
     val = {}
-    for row in cfg["validation"]:
+    table_src = json.loads(args.validation.read_text()) if args.validation else cfg
+    for row in table_src["validation"]:
         c = cc.Choice(**row["choice"])
         if (c.pooling, c.c, c.phone_aug) == (choice.pooling, choice.c, choice.phone_aug):
             val[c.block] = row["val_uar"]
