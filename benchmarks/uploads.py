@@ -1,9 +1,9 @@
 """Measure the daemon under concurrent large uploads (issue 14, item 6): daemon RSS and a
 bystander stream's prediction delay while N clients each send one ~27 MB upload frame.
 
-Not a test (no ``test_`` prefix): run it by hand, it takes about a minute.
+Run it by hand (about a minute); prints JSON:
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m tests.upload_probe [--clients 20]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/uploads.py [--clients 20]
 
 The daemon is the CLI (``emotion-monitor stream``) in a child process with the tiny test model,
 replaying one TESS file in a loop in real time (the bystander). Delay of a prediction = the
@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +28,9 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from tests.streamer_harness import DaemonProcess, tess_files
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.streamer_harness import DaemonProcess, tess_files  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
