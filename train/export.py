@@ -431,15 +431,16 @@ def _whisper_metrics(results: dict) -> dict:
     """Card metrics from ``results.json``'s summary: one entry per (protocol, test, setting)."""
     out: dict[str, Any] = {}
     for r in results.get("summary", []):
-        if r["speaker_norm"]:
-            continue  # the served file has no per-speaker statistics
-        key = f"{r['protocol']}: {r['test']} ({r['setting']})"
+        # per-speaker rows describe --stream-norm (off by default), so they are marked
+        key = f"{r['protocol']}: {r['test']} ({r['setting']})" + (
+            ", per-speaker norm" if r["speaker_norm"] else "")
         out[key] = {
             "protocol": r["protocol"], "test": r["test"], "training": r["setting"],
-            "folds": r["folds"], "classes": r["classes"],
+            "speaker_norm": r["speaker_norm"], "folds": r["folds"], "classes": r["classes"],
             "accuracy": r["clean_accuracy"], "uar": r["clean_uar"],
             "macro_f1": r["clean_macro_f1"], "telephone_accuracy": r["ulaw_accuracy"],
             "telephone_uar": r["ulaw_uar"],
+            "stream_window_accuracy": r.get("stream_accuracy"),
         }
     return out
 
