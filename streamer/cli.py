@@ -93,7 +93,10 @@ def _register_stream(sub: Any) -> None:
     o = p.add_argument_group("session log")
     o.add_argument("--sessions-dir", default=DEFAULT_SESSIONS,
                    help=f"where session logs go (default {DEFAULT_SESSIONS}/)")
-    o.add_argument("--session-id", default=None, help="name the session (default: time+random)")
+    o.add_argument("--session-id", default=None,
+                   help="name the session (default: time+random). An id that already has a "
+                   "log in --sessions-dir is refused at start-up (exit code 2): one session, "
+                   "one log, so a restart never appends a second hello")
     o.add_argument("--record-audio", action="store_true",
                    help="also store each stream's audio as FLAC (off by default: sensitive)")
     o.add_argument("--exit-when-done", action="store_true",
@@ -156,13 +159,15 @@ def _stream(args: argparse.Namespace) -> int:
                   "--mic-device)", file=sys.stderr)
             return 2
     from streamer.server import DEFAULT_ORIGINS, TOKEN_ENV, ConfigError, ServerConfig, check_bind
-    from streamer.sessionlog import check_session_id
+    from streamer.sessionlog import existing_log
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:  # before torch is imported: a refused bind should not take seconds
         check_bind(args.host, token)
-        if args.session_id is not None:
-            check_session_id(args.session_id)
+        if args.session_id is not None and existing_log(args.sessions_dir, args.session_id):
+            raise ValueError(f"session {args.session_id!r} already has a log in "
+                             f"{args.sessions_dir}; restarting a session is refused (its "
+                             "seq would restart): choose another --session-id")
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

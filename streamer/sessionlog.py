@@ -7,6 +7,10 @@ line is lost, and :func:`read_session` skips it). ``sync()`` fsyncs; the daemon 
 second (in a worker thread, so the event loop never waits on the disk), when a stream ends and
 at exit, so a power loss costs at most about a second. Files are never rewritten.
 
+A session id names one log, once: a ``SessionLog`` for an id whose log already exists (plain or
+compressed) raises ``FileExistsError`` instead of appending a second ``hello`` whose ``seq``
+restart (``emotion-monitor stream --session-id`` refuses it at start-up, exit code 2).
+
 ``AudioRecorder`` (``--record-audio``, off by default because call and therapy audio is
 sensitive) writes each stream's audio as FLAC next to the log.
 """
@@ -41,16 +45,33 @@ def check_session_id(session_id: str) -> str:
     return session_id
 
 
+def existing_log(directory: str | Path, session_id: str) -> Path | None:
+    """The log already written under ``session_id`` (``.jsonl`` or ``.jsonl.gz``), if any."""
+    directory = Path(directory)
+    for suffix in (".jsonl", ".jsonl.gz"):
+        path = directory / f"{check_session_id(session_id)}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
 class SessionLog:
-    """Append-only JSONL writer; one ``append`` = one ``os.write`` of one complete line."""
+    """Append-only JSONL writer; one ``append`` = one ``os.write`` of one complete line.
+    Refuses (``FileExistsError``) a session id that already has a log."""
 
     def __init__(self, directory: str | Path, session_id: str) -> None:
         self.directory = Path(directory)
         self.session_id = check_session_id(session_id)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / f"{session_id}.jsonl"
+        old = existing_log(self.directory, session_id)
+        if old is not None:
+            raise FileExistsError(f"session {session_id!r} already has a log ({old}); "
+                                  "choose another --session-id")
         # O_APPEND: every write lands at the end even if something else appends; never truncated.
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # O_EXCL: two daemons started with one id at once cannot share a file either.
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._lock = threading.Lock()  # append() and sync() may come from different threads
         self.lines = 0
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,10 +19,11 @@ from websockets.exceptions import ConnectionClosed
 from streamer import protocol
 from streamer.daemon import Daemon
 from streamer.model import ServedModel
-from streamer.sessionlog import read_session
+from streamer.sessionlog import SessionLog, read_session
 from streamer.sources import Chunk, FileSource, Source, SourceError
 from streamer.windows import Windower
 from tests.streamer_harness import (
+    REPO,
     DaemonProcess,
     client,
     copy_files,
@@ -438,3 +442,31 @@ def test_paced_stream_drops_oldest_windows_when_inference_lags(tmp_path, tiny_mo
     assert row["dropped_windows"] > 0
     assert seqs == sorted(seqs) and len(seqs) + row["dropped_windows"] == seqs[-1] + 1
     assert c.of("stream_ended", "fast")[0]["windows"] == len(seqs)
+
+
+@pytest.mark.timeout(120)
+def test_existing_session_id_refused_at_start(tmp_path, tiny_model_path, tess_dir):
+    """Restarting the CLI daemon with a session id that already has a log: exit code 2 before
+    the model loads or a port is bound, the log untouched (no second hello, no seq restart)."""
+    files = tess_files(tess_dir, 1)
+    common = ["--model", str(tiny_model_path), "--device", "cpu", "--vad", "energy",
+              "--explain-every", "0", "--sessions-dir", str(tmp_path / "s"),
+              "--session-id", "again"]
+    first = DaemonProcess(["--replay", *map(str, files), "--speed", "0", "--exit-when-done",
+                           *common], cwd=tmp_path)
+    rc, err = first.wait(60)
+    assert rc == 0, err
+    logs = sorted((tmp_path / "s").iterdir())
+    assert len(logs) == 1 and logs[0].name.startswith("again.jsonl"), logs
+    before = logs[0].read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "EMOTION_MONITOR_TOKEN"}
+    again = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor", "stream", "--port", "0", "--replay",
+         *map(str, files), *common], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2, again.stderr
+    assert "'again' already has a log" in again.stderr and "serving" not in again.stderr
+    assert sorted((tmp_path / "s").iterdir()) == logs and logs[0].read_bytes() == before
+    # the Python API refuses it as well (a Daemon built without the CLI)
+    with pytest.raises(FileExistsError):
+        SessionLog(tmp_path / "s", "again")

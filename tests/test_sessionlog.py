@@ -13,6 +13,7 @@ from emotion_monitor.cli import main as cli_main
 from streamer import protocol
 from streamer.sessionlog import (
     SessionLog,
+    existing_log,
     export_csv,
     list_sessions,
     new_session_id,
@@ -53,15 +54,15 @@ def test_lines_are_the_messages_and_files_only_grow(tmp_path):
     read = read_session(log.path)
     assert read.messages == [json.loads(t) for t in texts]
     assert not read.partial_last_line and read.bad_lines == 0
-    # Reopening the same session appends; nothing is rewritten.
+    # Reopening the same session is refused (a second hello, seq restarting); nothing changes.
     before = log.path.read_bytes()
-    again = SessionLog(tmp_path, log.session_id)
-    again.append(texts[1])
-    again.close()
-    assert log.path.read_bytes().startswith(before)
-    assert len(read_session(log.path).messages) == len(texts) + 1
+    with pytest.raises(FileExistsError, match="already has a log"):
+        SessionLog(tmp_path, log.session_id)
+    assert log.path.read_bytes() == before
+    assert existing_log(tmp_path, log.session_id) == log.path
+    assert existing_log(tmp_path, "other") is None
     with pytest.raises(ValueError):
-        again.append("{}")  # closed
+        log.append("{}")  # closed
     with pytest.raises(ValueError):
         SessionLog(tmp_path, "x").append("a\nb")
 
