@@ -227,6 +227,10 @@ def test_stream_limit_reserved_atomically(tmp_path, tiny_model_path, tess_dir):
             await asyncio.sleep(0.2)
             go.set()
             replies = await asyncio.gather(*tasks)
+            # The watcher reads lazily: statuses queued while 60 clients connected come first
+            # on a loaded machine, so wait for the streams themselves, then two fresh statuses.
+            for _ in range(limit):
+                await watcher.until(lambda m: m["type"] == "stream_started", timeout=60)
             await watcher.until(lambda m: m["type"] == "status")
             await watcher.until(lambda m: m["type"] == "status")
             return replies, watcher
@@ -349,7 +353,7 @@ def test_non_utf8_file_names_over_websocket(tmp_path, tiny_model_path, tess_dir)
 def test_non_utf8_file_names_on_command_line(tmp_path, tiny_model_path, tess_dir):
     """`--replay DIR` holding non-UTF-8 names beside a second, valid source: the daemon
     starts, plays both (skipping the unreadable file with a warning) and exits 0."""
-    from streamer.sessionlog import read_session
+    from streamer.sessionlog import read_session, session_path
 
     clip = tess_files(tess_dir, 1)[0]
     mixed, onlybad = _non_utf8_tree(tmp_path / "data", clip)
@@ -361,7 +365,7 @@ def test_non_utf8_file_names_on_command_line(tmp_path, tiny_model_path, tess_dir
     rc, err = d.wait(timeout=90)
     assert rc == 0, err
     assert "skipped" in err and "bad\\xff.wav" in err
-    msgs = read_session(tmp_path / "s" / "nonutf8.jsonl").messages
+    msgs = read_session(session_path(tmp_path / "s", "nonutf8")).messages
     ended = {m["stream"]: m for m in msgs if m["type"] == "stream_ended"}
     assert len(ended) == 2 and all(m["reason"] == "eof" for m in ended.values()), ended
     assert any(m["type"] == "error" and "\\xff\\xfe.wav" in m["message"] for m in msgs)
