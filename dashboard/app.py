@@ -390,8 +390,8 @@ def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str,
 
 def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
     directory = st.text_input("Session logs folder", value=cfg.sessions_dir,
-                              help="Where the daemon writes sessions/<id>.jsonl "
-                                   "(its --sessions-dir).")
+                              help="Where the daemon writes sessions/<id>.jsonl, gzipped to "
+                                   ".jsonl.gz once closed (its --sessions-dir).")
     files = list_sessions(directory)
     if not files:
         st.info(f"No session log in `{directory}` yet. The daemon writes one per run.")

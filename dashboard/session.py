@@ -1,5 +1,5 @@
-"""Past sessions: read a daemon's ``sessions/<id>.jsonl`` log back into a `Store`, and export
-predictions as CSV.
+"""Past sessions: read a daemon's ``sessions/<id>.jsonl`` log (``<id>.jsonl.gz`` once the
+daemon has closed it) back into a `Store`, and export predictions as CSV.
 
 The log is one protocol message per line, appended as sent; after a crash its last line may be
 partial, so a line that is not JSON is skipped (and counted), never fatal. Explanations are not
@@ -10,12 +10,13 @@ long session with an explanation for every window still loads in bounded memory.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dashboard.alerts import AlertEngine
 from dashboard.state import Prediction, Store
@@ -23,6 +24,32 @@ from streamer import protocol
 
 #: Windows kept per stream when reviewing (about 7 hours at a 0.5 s hop).
 REVIEW_MAX_PREDICTIONS = 50_000
+
+
+def _open(path: Path) -> IO[bytes]:
+    """Plain or gzip-compressed (offsets are into the uncompressed text either way). A live
+    log compressed since it was listed is read from its ``.gz``."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        gz = path.with_name(path.name + ".gz")
+        if not gz.is_file():
+            raise
+        return gzip.open(gz, "rb")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # compressed or swept since it was listed
+        return 0.0
+
+
+def _stem(path: Path) -> str:
+    """``<id>`` of ``<id>.jsonl`` or ``<id>.jsonl.gz``."""
+    return path.name.removesuffix(".gz").removesuffix(".jsonl")
 
 
 @dataclass
@@ -39,15 +66,15 @@ class Session:
     def session_id(self) -> str:
         for src in self.store.sources.values():
             if src.hello:
-                return str(src.hello.get("session_id", self.path.stem))
-        return self.path.stem
+                return str(src.hello.get("session_id", _stem(self.path)))
+        return _stem(self.path)
 
     def explanation(self, stream_id: str, seq: int) -> dict[str, Any] | None:
         """The explanation of one window, read from the file on demand."""
         offset = self.explanation_offsets.get((stream_id, seq))
         if offset is None:
             return None
-        with self.path.open("rb") as fh:
+        with _open(self.path) as fh:
             fh.seek(offset)
             return json.loads(fh.readline())
 
@@ -56,22 +83,24 @@ class Session:
 
 
 def list_sessions(directory: str | Path) -> list[Path]:
-    """Session logs in ``directory``, newest first."""
+    """Session logs in ``directory``, newest first; one per session (the ``.gz`` when a crash
+    during compression left both)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    return sorted(d.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
+    logs = {_stem(p): p for p in [*sorted(d.glob("*.jsonl")), *sorted(d.glob("*.jsonl.gz"))]}
+    return sorted(logs.values(), key=_mtime, reverse=True)
 
 
 def read_session(path: str | Path, alerts: AlertEngine | None = None,
                  max_predictions: int = REVIEW_MAX_PREDICTIONS) -> Session:
     """Read a session log; raises ValueError if the file holds no protocol message at all."""
     path = Path(path)
-    source = f"session:{path.stem}"
+    source = f"session:{_stem(path)}"
     session = Session(path=path, store=Store(max_predictions=max_predictions,
                                              max_explanations=1, alerts=alerts))
     offset = 0
-    with path.open("rb") as fh:
+    with _open(path) as fh:
         for number, raw in enumerate(fh, start=1):
             start, offset = offset, offset + len(raw)
             session.lines += 1

@@ -36,7 +36,9 @@ def _register_stream(sub: Any) -> None:
         description="Capture audio from the microphone, replayed files or raw PCM on stdin; "
                     "classify sliding windows with a TorchScript model, explain them with "
                     "Grad-CAM, and serve predictions over a websocket (protocol v1, "
-                    "docs/protocol.md). Every message is logged to sessions/<id>.jsonl. "
+                    "docs/protocol.md). Every message is logged to sessions/<id>.jsonl "
+                    "(explanations only every --log-explanations-every-th), gzip-compressed "
+                    "to <id>.jsonl.gz when the session closes. "
                     "Several --replay options (and --mic) make several streams.",
         example="emotion-monitor stream --replay ../shared/data/tess/OAF_angry --speed 1 --loop",
         handler=_stream)
@@ -97,6 +99,18 @@ def _register_stream(sub: Any) -> None:
                    help="name the session (default: time+random). An id that already has a "
                    "log in --sessions-dir is refused at start-up (exit code 2): one session, "
                    "one log, so a restart never appends a second hello")
+    o.add_argument("--log-explanations-every", type=int, default=10, metavar="N",
+                   help="log only every N-th explanation frame of a stream (they are ~95%% of "
+                   "a log's bytes); 0 = none. Predictions and all other messages are always "
+                   "logged (default 10)")
+    o.add_argument("--max-session-mb", type=float, default=None, metavar="MB",
+                   help="once the session log reaches MB MiB, explanation frames are no longer "
+                   "logged and one log_truncated error is written; predictions and all other "
+                   "messages are still logged, so the file keeps growing slowly (~3 MB per "
+                   "stream-hour uncompressed). Default: no cap")
+    o.add_argument("--retain-days", type=float, default=None, metavar="D",
+                   help="delete session logs and recorded audio last written more than D days "
+                   "ago, at start-up and once an hour (default: keep everything)")
     o.add_argument("--record-audio", action="store_true",
                    help="also store each stream's audio as FLAC (off by default: sensitive)")
     o.add_argument("--exit-when-done", action="store_true",
@@ -164,6 +178,11 @@ def _stream(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:  # before torch is imported: a refused bind should not take seconds
         check_bind(args.host, token)
+        if args.log_explanations_every < 0:
+            raise ValueError("--log-explanations-every must be >= 0")
+        for name in ("max_session_mb", "retain_days"):
+            if getattr(args, name) is not None and getattr(args, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if args.session_id is not None and existing_log(args.sessions_dir, args.session_id):
             raise ValueError(f"session {args.session_id!r} already has a log in "
                              f"{args.sessions_dir}; restarting a session is refused (its "
@@ -192,7 +211,8 @@ def _stream(args: argparse.Namespace) -> int:
         model_path=args.model, device=args.device, hop_s=args.hop,
         explain_every=args.explain_every, stream_norm=args.stream_norm, vad=args.vad,
         vad_threshold=args.vad_threshold, sessions_dir=args.sessions_dir,
-        session_id=args.session_id,
+        session_id=args.session_id, log_explanations_every=args.log_explanations_every,
+        max_session_mb=args.max_session_mb, retain_days=args.retain_days,
         record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
         exit_when_done=args.exit_when_done, server=server)
     if args.stream_norm and not stream_norm.supported(model):
@@ -241,7 +261,8 @@ def _devices(args: argparse.Namespace) -> int:
 
 def _register_sessions(sub: Any) -> None:
     p = add_command(sub, "sessions", help="list, show and export session logs",
-                    description="Read the daemon's session logs (sessions/<id>.jsonl).",
+                    description="Read the daemon's session logs (sessions/<id>.jsonl, or "
+                                "<id>.jsonl.gz once the session has closed).",
                     example="emotion-monitor sessions list")
     ss = p.add_subparsers(dest="sessions_command", metavar="ACTION")
     for name, helptext, example, handler in (

@@ -34,6 +34,7 @@ from typing import Any
 
 from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
+from streamer.retention import LogKeeper
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
 from streamer.uploads import UploadStore
@@ -60,6 +61,10 @@ class DaemonConfig:
     sessions_dir: str | Path = "sessions"
     session_id: str | None = None
     record_audio: bool = False
+    log_explanations_every: int = 10  # streamer/logpolicy.py; 0 = no explanations in the log
+    max_session_mb: float | None = None  # past it explanations are no longer logged
+    compress_logs: bool = True  # <id>.jsonl -> <id>.jsonl.gz when the session closes
+    retain_days: float | None = None  # delete older logs at start-up and hourly (retention.py)
     allowed_dir: str | Path | None = None
     gap_s: float = 0.5
     max_batch: int = 64
@@ -163,6 +168,7 @@ class Daemon:
         self.streams: dict[str, _Stream] = {}
         self.server: Server | None = None
         self.log: SessionLog | None = None
+        self.keeper = LogKeeper(config, self.session_id)
         self.recorder: AudioRecorder | None = None
         self.started = time.monotonic()
         self._stop = asyncio.Event()
@@ -249,6 +255,7 @@ class Daemon:
             for root in {Path(self.config.allowed_dir).resolve(), Path(self.config.allowed_dir)}:
                 self._redact.hide(show_path(root) + os.sep, "")
                 self._redact.hide(show_path(root), ".")
+        self.keeper.start()  # retention sweep before this session's log exists
         self.log = SessionLog(self.config.sessions_dir, self.session_id)
         if self.config.record_audio:
             self.recorder = AudioRecorder(self.config.sessions_dir, self.session_id,
@@ -308,6 +315,7 @@ class Daemon:
             self.recorder.close()
         if self.log is not None:
             self.log.close()
+        await asyncio.to_thread(self.keeper.close, self.log)  # compress, stop the sweep
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None and hasattr(self.engine, "close"):
             self.engine.close()  # the VAD's background thread (D2)
@@ -327,7 +335,8 @@ class Daemon:
         text = protocol.encode(msg)
         if self.log is not None and not self.log.closed:
             try:
-                self.log.append(text)
+                for line in self.keeper.lines(msg, text, self.log):
+                    self.log.append(line)
             except OSError as exc:  # disk full, volume gone: keep serving, say so loudly
                 self.log_errors += 1
                 if self.log_errors == 1:

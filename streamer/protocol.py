@@ -50,6 +50,7 @@ ERROR_CODES = (
     "source_failed",       # a running source failed (microphone unplugged, read error)
     "limit_reached",       # too many streams
     "busy",                # too much in progress (uploads being decoded, file checks): retry
+    "log_truncated",       # the session log reached its size cap: explanations no longer logged
     "internal",            # a bug on the server side; the connection stays usable
 )
 END_REASONS = ("eof", "stopped", "error", "shutdown")

@@ -5,7 +5,9 @@ single ``os.write`` on an unbuffered append-only descriptor the moment it is sen
 the OS page cache at once and survives a crash or SIGKILL of the daemon (at most a partial last
 line is lost, and :func:`read_session` skips it). ``sync()`` fsyncs; the daemon calls it once a
 second (in a worker thread, so the event loop never waits on the disk), when a stream ends and
-at exit, so a power loss costs at most about a second. Files are never rewritten.
+at exit, so a power loss costs at most about a second. Files are never rewritten while open;
+when the daemon closes a session its log is gzip-compressed to ``<id>.jsonl.gz``
+(``streamer.retention``), and every reader here takes either form.
 
 A session id names one log, once: a ``SessionLog`` for an id whose log already exists (plain or
 compressed) raises ``FileExistsError`` instead of appending a second ``hello`` whose ``seq``
@@ -18,6 +20,7 @@ sensitive) writes each stream's audio as FLAC next to the log.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import secrets
@@ -74,6 +77,7 @@ class SessionLog:
             self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._lock = threading.Lock()  # append() and sync() may come from different threads
         self.lines = 0
+        self.bytes = 0  # written by this writer (what --max-session-mb counts)
 
     def append(self, text: str) -> None:
         """Write one message (its wire text, no newline inside) as a line."""
@@ -87,6 +91,7 @@ class SessionLog:
             while view:  # os.write may write less than asked (rare on regular files)
                 view = view[os.write(self._fd, view):]
             self.lines += 1
+            self.bytes += len(data)
 
     def sync(self) -> None:
         """fsync: from here on the lines survive a power loss too."""
@@ -117,9 +122,35 @@ class SessionRead:
     bad_lines: int  # complete lines that were not JSON objects (should be 0)
 
 
+def session_id_of(path: str | Path) -> str:
+    """``<id>`` of ``<id>.jsonl`` or ``<id>.jsonl.gz``."""
+    name = Path(path).name
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def open_log(path: str | Path) -> IO[bytes]:
+    """A log for reading, plain or gzip-compressed (by its name); a log compressed since its
+    path was looked up is read from its ``.gz``."""
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        gz = path.with_name(path.name + ".gz")
+        if not gz.is_file():
+            raise
+        return gzip.open(gz, "rb")
+
+
 def read_session(path: str | Path) -> SessionRead:
-    """Read a session log; a final line without its newline (cut by a crash) is skipped."""
-    raw = Path(path).read_bytes()
+    """Read a session log (plain or ``.gz``); a final line without its newline (cut by a
+    crash) is skipped."""
+    with open_log(path) as fh:
+        raw = fh.read()
     lines = raw.split(b"\n")
     partial = lines[-1] != b""  # a complete file ends with "\n", leaving an empty tail
     messages: list[dict] = []
@@ -140,12 +171,13 @@ def read_session(path: str | Path) -> SessionRead:
 
 
 def session_path(directory: str | Path, session_id: str) -> Path:
-    """The log of ``session_id`` (a unique prefix is enough)."""
+    """The log of ``session_id`` (a unique prefix is enough), compressed or not."""
     directory = Path(directory)
-    exact = directory / f"{check_session_id(session_id)}.jsonl"
-    if exact.is_file():
-        return exact
-    matches = sorted(directory.glob(f"{session_id}*.jsonl"))
+    for suffix in (".jsonl.gz", ".jsonl"):
+        exact = directory / f"{check_session_id(session_id)}{suffix}"
+        if exact.is_file():
+            return exact
+    matches = [p for p in list_sessions(directory) if p.name.startswith(session_id)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -170,7 +202,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
             s["labels"][m["label"]] = s["labels"].get(m["label"], 0) + 1
     walls = [m["wall_time"] for m in msgs if isinstance(m.get("wall_time"), (int, float))]
     return {
-        "session_id": Path(path).stem,
+        "session_id": session_id_of(path),
         "path": str(path),
         "model": (hello.get("model") or {}).get("name"),
         "started": min(walls) if walls else None,
@@ -185,8 +217,14 @@ def summarize(path: str | Path) -> dict[str, Any]:
 
 
 def list_sessions(directory: str | Path) -> list[Path]:
+    """One log per session, by id; the ``.gz`` when a crash mid-compression left both."""
     directory = Path(directory)
-    return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    logs: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.jsonl")) + sorted(directory.glob("*.jsonl.gz")):
+        logs[session_id_of(path)] = path  # the .gz comes second and wins
+    return [logs[k] for k in sorted(logs)]
 
 
 def export_csv(path: str | Path, out: IO[str]) -> int:

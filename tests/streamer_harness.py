@@ -76,6 +76,14 @@ async def replay_to_end(config: DaemonConfig, files: list[Path], name: str) -> R
         return c
 
 
+def log_text(directory: Path, session_id: str) -> str:
+    """A session log's text, plain or (once the daemon closed it) gzip-compressed."""
+    from streamer.sessionlog import open_log, session_path
+
+    with open_log(session_path(directory, session_id)) as fh:
+        return fh.read().decode("utf-8")
+
+
 def url(daemon: Daemon) -> str:
     return f"ws://127.0.0.1:{daemon.port}/"
 

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from streamer import protocol
 from streamer.daemon import Daemon
 from streamer.model import ServedModel
-from streamer.sessionlog import SessionLog, read_session
+from streamer.sessionlog import SessionLog, read_session, session_path
 from streamer.sources import Chunk, FileSource, Source, SourceError
 from streamer.windows import Windower
 from tests.streamer_harness import (
@@ -27,6 +27,7 @@ from tests.streamer_harness import (
     DaemonProcess,
     client,
     copy_files,
+    log_text,
     make_config,
     replay_to_end,
     running,
@@ -85,8 +86,11 @@ def test_replay_end_to_end(tmp_path, tiny_model_path, tess_dir):
     assert started[0]["ref"] == "r1" and started[0]["stream"]["kind"] == "file"
     ended = c.of("stream_ended", sid)[0]
     assert ended["reason"] == "eof" and ended["windows"] == len(ref)
-    # The session log: hello first, then byte for byte every broadcast message the client got.
-    lines = (tmp_path / "sessions" / f"{daemon.session_id}.jsonl").read_text().splitlines()
+    # The session log: hello first, then byte for byte every broadcast message the client got;
+    # closed cleanly, it was compressed (and only the .gz is left).
+    assert [p.name for p in (tmp_path / "sessions").iterdir()] == [
+        f"{daemon.session_id}.jsonl.gz"]
+    lines = log_text(tmp_path / "sessions", daemon.session_id).splitlines()
     assert json.loads(lines[0])["type"] == "hello" and json.loads(lines[0])["client_id"] is None
     received = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] in BROADCAST]
     non_status_log = [ln for ln in lines[1:] if json.loads(ln)["type"] != "status"]
@@ -205,7 +209,7 @@ def test_bad_files_and_failing_source(tmp_path, tiny_model_path, tess_dir):
     assert c.of("stream_ended", ack["stream"])[0]["reason"] == "eof"
     assert c.of("prediction", ack["stream"])
     # The start-up source that failed to open was logged as an error; the daemon went on.
-    logged = read_session(tmp_path / "sessions" / f"{daemon.session_id}.jsonl").messages
+    logged = read_session(session_path(tmp_path / "sessions", daemon.session_id)).messages
     assert any(m["type"] == "error" and "empty.wav" in m["message"] for m in logged)
 
 
@@ -298,9 +302,9 @@ def test_signal_mid_stream_clean_exit(tmp_path, tiny_model_path, tess_dir, sig):
     t.join(10)
     assert rc == 0, err
     assert got[-1] == ("closed", 1001), got[-5:]
-    read = read_session(tmp_path / "s" / "sig.jsonl")
+    read = read_session(tmp_path / "s" / "sig.jsonl.gz")  # a clean exit compresses the log
     assert not read.partial_last_line and read.bad_lines == 0
-    texts = set((tmp_path / "s" / "sig.jsonl").read_text().splitlines())
+    texts = set(log_text(tmp_path / "s", "sig").splitlines())
     received = [r for r in got[:-1] if json.loads(r)["type"] in BROADCAST]
     assert set(received) <= texts
     ended = [m for m in read.messages if m["type"] == "stream_ended"]
@@ -470,3 +474,81 @@ def test_existing_session_id_refused_at_start(tmp_path, tiny_model_path, tess_di
     # the Python API refuses it as well (a Daemon built without the CLI)
     with pytest.raises(FileExistsError):
         SessionLog(tmp_path / "s", "again")
+
+
+def _old_log(directory, name: str, days: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text('{"type":"hello"}\n')
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+@pytest.mark.timeout(120)
+def test_log_keeps_every_nth_explanation_compresses_and_sweeps(tmp_path, tiny_model_path,
+                                                               tess_dir, monkeypatch):
+    """Clients get every explanation, the log every 3rd of the stream and every prediction;
+    logs older than --retain-days go at start-up and on the (here shortened) hourly sweep;
+    the closed log is compressed and reads back."""
+    from streamer import retention
+
+    monkeypatch.setattr(retention, "SWEEP_INTERVAL_S", 0.2)
+    sessions = tmp_path / "sessions"
+    _old_log(sessions, "20200101T000000Z-aaaaaa.jsonl.gz", 30)
+    _old_log(sessions, "20200102T000000Z-bbbbbb.jsonl.gz", 1)
+    files = tess_files(tess_dir, 3)
+    cfg = make_config(tmp_path, tiny_model_path, explain_every=1, log_explanations_every=3,
+                      retain_days=7)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as c:
+            assert sorted(p.name for p in sessions.iterdir()) == [  # swept at start-up
+                "20200102T000000Z-bbbbbb.jsonl.gz", f"{daemon.session_id}.jsonl"]
+            _old_log(sessions, "20200103T000000Z-cccccc.jsonl", 9)
+            await daemon._start_source(FileSource(files, 16000, name="ex", speed=0))
+            await c.until(lambda m: m["type"] == "stream_ended")
+            deadline = time.monotonic() + 20
+            while (sessions / "20200103T000000Z-cccccc.jsonl").exists():
+                assert time.monotonic() < deadline, "the periodic sweep did not run"
+                await asyncio.sleep(0.1)
+            return daemon, c
+
+    daemon, c = asyncio.run(main())
+    assert sorted(p.name for p in sessions.iterdir()) == [
+        "20200102T000000Z-bbbbbb.jsonl.gz", f"{daemon.session_id}.jsonl.gz"]
+    lines = log_text(sessions, daemon.session_id).splitlines()
+    logged = [json.loads(x) for x in lines]
+    sent = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] == "explanation"]
+    assert len(sent) >= 7, "too few explanations to test the log rate"
+    assert [x for x in lines if json.loads(x)["type"] == "explanation"] == sent[::3]
+    preds = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] == "prediction"]
+    assert preds == [x for x in lines if json.loads(x)["type"] == "prediction"]
+    assert not [m for m in logged if m["type"] == "error"]
+
+
+@pytest.mark.timeout(120)
+def test_session_size_cap_stops_explanations_never_predictions(tmp_path, tiny_model_path,
+                                                               tess_dir):
+    """--max-session-mb: explanations are logged until the cap, then one log_truncated error
+    (in the log only); every prediction is logged, also past the cap."""
+    cap = 40_000
+    cfg = make_config(tmp_path, tiny_model_path, explain_every=1, log_explanations_every=1,
+                      max_session_mb=cap / 2**20, max_batch=1)  # pred, expl, pred, expl, ...
+    c = asyncio.run(replay_to_end(cfg, tess_files(tess_dir, 3), "cap"))
+    sent = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] == "explanation"]
+    assert sum(len(r) + 1 for r in sent) > 2 * cap, "the cap would not be reached"
+    assert not c.of("error"), c.of("error")  # the note is not sent to clients
+    sid = c.msgs[0]["session_id"]
+    lines = log_text(tmp_path / "sessions", sid).splitlines()
+    kinds = [json.loads(x)["type"] for x in lines]
+    expl = [x for x in lines if json.loads(x)["type"] == "explanation"]
+    assert 1 <= len(expl) < len(sent) and expl == sent[:len(expl)]
+    notes = [json.loads(x) for x in lines if json.loads(x)["type"] == "error"]
+    assert [n["code"] for n in notes] == ["log_truncated"]
+    note_at = kinds.index("error")
+    assert sum(len(x) + 1 for x in lines[:note_at]) <= cap  # explanations stayed under it
+    assert "explanation" not in kinds[note_at:]
+    preds = [r for r, m in zip(c.raw, c.msgs, strict=True) if m["type"] == "prediction"]
+    assert preds == [x for x in lines if json.loads(x)["type"] == "prediction"]
+    assert kinds[note_at:].count("prediction") >= 1  # logged past the cap
+    assert sum(len(x) + 1 for x in lines) > cap

@@ -408,6 +408,31 @@ def test_session_review_reads_log_skips_partial_line_and_exports_csv(
     assert session.explanation("s1", 18)["class"] == "angry"
 
 
+@pytest.mark.timeout(60)
+def test_session_review_reads_a_compressed_log(offline_feed: Feed, tmp_path: Path) -> None:
+    """A closed session's log is <id>.jsonl.gz (streamer.retention.compress): the review tab
+    lists it under its id, reads it and opens explanations from it, like a plain log."""
+    from dashboard.session import list_sessions, read_session
+    from streamer.retention import compress
+
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    plain = sessions / "sess-1.jsonl"  # the id the hello of session_messages() names
+    plain.write_text("\n".join(protocol.encode(m) for m in session_messages()) + "\n")
+    gz = compress(plain)
+    assert not plain.exists() and list_sessions(sessions) == [gz]
+    at = app(offline_feed, "--sessions-dir", str(sessions))
+    at.run()
+    assert not at.exception
+    text = all_text(at)
+    assert "Session `sess-1`" in text and "skipped" not in text
+    assert {m.label: m.value for m in at.metric}["Windows"] == "21"
+    assert "Grad-CAM Analysis for class: angry" in text
+    session = read_session(gz)
+    assert session.session_id == "sess-1" and not session.skipped
+    assert session.explanation("s1", 18)["class"] == "angry"
+
+
 def test_session_reader_refuses_a_file_with_no_message(tmp_path: Path) -> None:
     from dashboard.session import read_session
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
 import re
@@ -201,9 +202,9 @@ def test_demo_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Pa
     host, dport = re.match(r"ws://([^:/]+):(\d+)", daemon_url).groups()
     with pytest.raises(OSError), socket.create_connection((host, int(dport)), timeout=2):
         pass
-    logs = list(sessions.glob("*.jsonl"))
-    assert len(logs) == 1
-    raw = logs[0].read_bytes()
+    logs = list(sessions.glob("*.jsonl*"))  # compressed to .jsonl.gz when the daemon closed
+    assert len(logs) == 1 and logs[0].name.endswith(".jsonl.gz"), logs
+    raw = gzip.decompress(logs[0].read_bytes())
     assert raw.endswith(b"\n")
     last = json.loads(raw.splitlines()[-1])
     assert last["type"] in ("stream_ended", "status"), last

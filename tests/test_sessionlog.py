@@ -140,3 +140,121 @@ def test_sessions_cli(tmp_path, capsys):
     assert len(dest.read_text().splitlines()) == 6
     assert cli_main(["sessions", "show", "nope", "--sessions-dir", d]) == 1
     assert "no session" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- call floor
+
+def _explanation(stream: str, seq: int) -> dict:
+    return {"type": "explanation", "v": "1", "stream": stream, "seq": seq, "pad": "e" * 900}
+
+
+def test_log_policy_every_nth_explanation_per_stream_and_the_cap():
+    from streamer.logpolicy import LogPolicy
+
+    policy = LogPolicy(explain_every=3)
+    kept = [(s, q) for q in range(9) for s in ("a", "b")
+            if policy.lines(_explanation(s, q), protocol.encode(_explanation(s, q)), 0)]
+    assert kept == [(s, q) for q in (0, 3, 6) for s in ("a", "b")]  # every 3rd, per stream
+    policy.lines({"type": "stream_ended", "stream": "a"}, "{}", 0)  # a new "a" starts over
+    assert policy.lines(_explanation("a", 100), "x", 0) == ["x"]
+    assert LogPolicy(explain_every=0).lines(_explanation("a", 0), "x", 0) == []
+    # The cap: explanations stop with one log_truncated note; predictions never stop.
+    capped = LogPolicy(explain_every=1, max_bytes=10_000)
+    pred = protocol.encode(_messages()[1])
+    size, notes, expl = 0, [], 0
+    for seq in range(40):
+        for msg, text in ((_messages()[1], pred), (_explanation("a", seq), "e" * 1000)):
+            for line in capped.lines(msg, text, size):
+                size += len(line) + 1
+                if line.startswith("{"):
+                    m = json.loads(line)
+                    notes += [m] if m["type"] == "error" else []
+                else:
+                    expl += 1
+    assert capped.truncated and len(notes) == 1 and notes[0]["code"] == "log_truncated"
+    protocol.validate(notes[0], "server")
+    assert 5 <= expl <= 9  # explanations only while under the cap
+    assert size > 10_000  # predictions went on past it (40 of them, none dropped)
+    with pytest.raises(ValueError):
+        LogPolicy(explain_every=-1)
+
+
+def test_compressed_log_read_listed_shown_and_exported(tmp_path, capsys):
+    from streamer.retention import compress
+
+    log, texts = _write(tmp_path)
+    gz = compress(log.path)
+    assert gz.name == f"{log.session_id}.jsonl.gz" and not log.path.exists()
+    assert gz.stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob("*.tmp"))
+    assert read_session(gz).messages == [json.loads(t) for t in texts]
+    assert session_path(tmp_path, log.session_id) == gz
+    assert session_path(tmp_path, log.session_id[:18]) == gz
+    assert summarize(gz)["session_id"] == log.session_id
+    # A crash between the rename and the unlink leaves both: one session, the .gz.
+    (tmp_path / f"{log.session_id}.jsonl").write_text("\n".join(texts) + "\n")
+    assert list_sessions(tmp_path) == [gz]
+    d = str(tmp_path)
+    assert cli_main(["sessions", "list", "--sessions-dir", d]) == 0
+    out = capsys.readouterr().out
+    assert out.count(log.session_id) == 1 and "predictions=5" in out
+    assert cli_main(["sessions", "show", log.session_id, "--sessions-dir", d]) == 0
+    assert "stream s1: 5 windows (4 voiced)" in capsys.readouterr().out
+    dest = tmp_path / "out.csv"
+    assert cli_main(["sessions", "export", log.session_id, "-o", str(dest),
+                     "--sessions-dir", d]) == 0
+    assert len(dest.read_text().splitlines()) == 6
+
+
+def test_compress_failure_keeps_the_plain_log(tmp_path, monkeypatch):
+    import gzip as gzip_module
+
+    from streamer.retention import compress
+
+    log, texts = _write(tmp_path)
+
+    def broken(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gzip_module.GzipFile, "write", broken)
+    with pytest.raises(OSError):
+        compress(log.path)
+    assert log.path.read_text().splitlines() == texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == [log.path.name]
+
+
+def test_retention_sweep_deletes_only_old_session_files(tmp_path):
+    import os
+    import time
+
+    from streamer.retention import sweep
+
+    now = time.time()
+    old, day = now - 10 * 86400, 86400
+    files = {
+        "20260101T000000Z-aaaaaa.jsonl.gz": old,  # old closed log: goes
+        "20260101T000000Z-bbbbbb.jsonl": old,  # old crash-left plain log: goes
+        "20260101T000000Z-cccccc.jsonl.gz.tmp": old,  # old compression leftover: goes
+        "keepme.jsonl": old,  # the caller's own session: stays
+        "20260109T000000Z-dddddd.jsonl.gz": now - day,  # recent: stays
+        "notes.txt": old,  # not a session log: stays
+        "bad name.jsonl": old,  # not a session id: stays
+    }
+    for name, mtime in files.items():
+        (tmp_path / name).write_text("x\n")
+        os.utime(tmp_path / name, (mtime, mtime))
+    audio = tmp_path / "20260101T000000Z-aaaaaa"
+    audio.mkdir()
+    (audio / "s1.flac").write_bytes(b"f")
+    os.utime(audio / "s1.flac", (old, old))
+    recent_audio = tmp_path / "20260109T000000Z-dddddd"
+    recent_audio.mkdir()
+    (recent_audio / "s1.flac").write_bytes(b"f")
+    gone = sweep(tmp_path, 7, keep={"keepme"}, now=now)
+    assert sorted(p.name for p in gone) == sorted(
+        ["20260101T000000Z-aaaaaa.jsonl.gz", "20260101T000000Z-bbbbbb.jsonl",
+         "20260101T000000Z-cccccc.jsonl.gz.tmp", "s1.flac"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["keepme.jsonl", "20260109T000000Z-dddddd.jsonl.gz", "notes.txt", "bad name.jsonl",
+         "20260109T000000Z-dddddd"])
+    assert sweep(tmp_path / "missing", 7) == []
