@@ -19,12 +19,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.cliutil import add_command
+from emotion_monitor.cliutil import (
+    DEFAULT_MODEL,
+    add_command,
+    checkout_root,
+    default_model_path,
+    example_stream_dir,
+    model_help,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 APP = Path(__file__).resolve().parent / "app.py"
-EXAMPLE_STREAM = REPO / "examples" / "tess_stream"
-DEFAULT_MODEL = "models/default.pt"
 DEFAULT_URL = "ws://127.0.0.1:8765"
 STOP_TIMEOUT_S = 10.0
 
@@ -43,16 +47,17 @@ def register(sub: Any) -> None:
         sub, "demo", help="run the daemon on the bundled example stream and open the dashboard",
         description="The one-command demo: start the capture daemon with models/default.pt "
                     "replaying the bundled example stream (seven TESS recordings, one per "
-                    "emotion) in a loop in real time, or the microphone with --mic; start the "
-                    "dashboard; print its URL. Ctrl-C stops both. `make demo` also installs "
-                    "what is missing first.",
+                    "emotion, examples/tess_stream; both ship with the package, so it runs "
+                    "from any directory) in a loop in real time, or the microphone with --mic; "
+                    "start the dashboard; print its URL. Ctrl-C stops both. `make demo` also "
+                    "installs what is missing first.",
         example="emotion-monitor demo            # then open http://127.0.0.1:8501",
         handler=_demo)
     d.add_argument("--mic", action="store_true",
                    help="analyse the microphone instead of the example stream")
     d.add_argument("--mic-device", default=None, metavar="X",
                    help="input device index or name (see emotion-monitor devices)")
-    d.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default {DEFAULT_MODEL})")
+    d.add_argument("--model", default=str(default_model_path()), help=model_help())
     d.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     d.add_argument("--daemon-port", type=int, default=8765,
                    help="daemon websocket port (default 8765)")
@@ -100,7 +105,9 @@ def streamlit_command(port: int, host: str = "127.0.0.1", urls: list[str] | None
 
 def child_env(token: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    root = checkout_root()  # a checkout's children import it; an installed package's need not
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if token:
         env["EMOTION_MONITOR_TOKEN"] = token
@@ -123,13 +130,20 @@ def _demo(args: argparse.Namespace) -> int:
               "train/export one (emotion-monitor export ...) or pass --model FILE.",
               file=sys.stderr)
         return 2
+    example = example_stream_dir()
+    if not args.mic and not any(example.glob("*.flac")):
+        print(f"error: the example stream is missing (expected at {example}; it ships with the "
+              "package). Run the demo on the microphone (--mic), or replay your own audio: "
+              "emotion-monitor stream --replay FILE, then emotion-monitor dashboard.",
+              file=sys.stderr)
+        return 2
     daemon_cmd = [sys.executable, "-m", "emotion_monitor", "stream", "--model", str(model),
                   "--port", str(args.daemon_port), "--sessions-dir", args.sessions_dir,
-                  "--device", args.device, "--allowed-dir", str(EXAMPLE_STREAM.parent)]
+                  "--device", args.device, "--allowed-dir", str(example.parent)]
     if args.mic:
         daemon_cmd += ["--mic"] + (["--mic-device", args.mic_device] if args.mic_device else [])
     else:
-        daemon_cmd += ["--replay", str(EXAMPLE_STREAM), "--loop", "--speed", "1"]
+        daemon_cmd += ["--replay", str(example), "--loop", "--speed", "1"]
     with Supervisor() as sup:
         print("starting the capture daemon (loading the model)…", flush=True)
         daemon = sup.start("daemon", daemon_cmd, env=child_env(), watch=_SERVING)
@@ -149,7 +163,7 @@ def _demo(args: argparse.Namespace) -> int:
             print("error: the dashboard did not start (see its messages above)",
                   file=sys.stderr)
             return 1
-        source = "the microphone" if args.mic else f"{EXAMPLE_STREAM.relative_to(REPO)} (loop)"
+        source = "the microphone" if args.mic else f"{example} (loop)"
         print(f"\n  emotion monitor demo: {source} -> {url}\n"
               f"  open the dashboard:   {page}\n  Ctrl-C stops both.\n", flush=True)
         return sup.wait()

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.cliutil import add_command
+from emotion_monitor.cliutil import add_command, default_model_path, model_help
 
-DEFAULT_MODEL = "models/default.pt"
 DEFAULT_SESSIONS = "sessions"
 
 
@@ -62,7 +61,7 @@ def _register_stream(sub: Any) -> None:
                      help="stdin PCM sample format")
     src.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
     m = p.add_argument_group("model and inference")
-    m.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default {DEFAULT_MODEL})")
+    m.add_argument("--model", default=str(default_model_path()), help=model_help())
     m.add_argument("--device", default="auto",
                    help="inference device auto|cpu|cuda (auto = CUDA when present)")
     m.add_argument("--hop", type=float, default=0.5, help="window hop, seconds (default 0.5)")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.retention import LogKeeper
@@ -50,7 +51,7 @@ ENDED_LISTED_S = 60.0
 
 @dataclass
 class DaemonConfig:
-    model_path: str | Path = "models/default.pt"
+    model_path: str | Path = field(default_factory=default_model_path)
     device: str = "auto"
     hop_s: float = 0.5
     explain_every: int = 1

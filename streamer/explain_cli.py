@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.cliutil import add_command
+from emotion_monitor.cliutil import add_command, default_model_path, model_help
 
-DEFAULT_MODEL = "models/default.pt"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
 
@@ -34,8 +33,8 @@ def register(sub: Any) -> None:
                 "../shared/data/tess -o reports/per-class",
         handler=_explain)
     p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="audio files")
-    p.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL),
-                   help=f"TorchScript model file (default {DEFAULT_MODEL})")
+    p.add_argument("--model", type=Path, default=default_model_path(),
+                   help=model_help("TorchScript model file"))
     p.add_argument("--class", dest="class_", default=None, metavar="C",
                    help="explain this class (name or index) instead of the predicted one")
     p.add_argument("-o", "--out", type=Path, default=Path("reports/explain"),
