@@ -336,9 +336,10 @@ def splits(pool: Pool, protocols: Sequence[str]) -> list[Split]:
     return out
 
 
-def run_split(pool: Pool, split: Split, speaker_norm: bool, blocks: Sequence[int]) -> dict:
+def run_split(pool: Pool, split: Split, speaker_norm: bool, blocks: Sequence[int],
+              poolings: Sequence[int] = (0, 1)) -> dict:
     """Choose on training speakers, fit on the whole training side, score each test set."""
-    choice, table = choose(pool, split.train, speaker_norm, blocks)
+    choice, table = choose(pool, split.train, speaker_norm, blocks, poolings=poolings)
     head = train_head(pool, split.train, choice, speaker_norm)
     train_classes = set(pool.label[split.train].tolist())
     result = {"protocol": split.protocol, "split": split.name, "speaker_norm": speaker_norm,

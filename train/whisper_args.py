@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-speaker feature standardisation rows (default both)")
     p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3, 4],
                    help="encoder blocks the choice may read (1-based; default 1 2 3 4)")
+    p.add_argument("--pooling", default="both", choices=("both", "all", "voiced"),
+                   help="poolings the choice may use (default both). The served recipe uses "
+                   "voiced: stream windows hold silence and utterance edges, and on validation "
+                   "speakers voiced pooling scored higher on the stream protocol "
+                   "(runs/stream_validation.json, see docs/results/crosscorpus.md)")
     p.add_argument("--final", nargs="*", default=None, metavar="CORPUS",
                    help="fit the served head on these corpora (e.g. tess ravdess)")
     p.add_argument("--calm", default="neutral", choices=("neutral", "drop"),

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     pool = build_pool(args.data, args.encoder, progress=not args.quiet, calm=args.calm)
     print(f"{len(pool.utts)} clips from {', '.join(sorted(set(pool.corpus)))}", file=sys.stderr)
     blocks = [b - 1 for b in args.blocks]
+    poolings = {"both": (0, 1), "all": (0,), "voiced": (1,)}[args.pooling]
     norms = {"off": [False], "on": [True], "both": [False, True]}[args.speaker_norm]
     results = []
     todo = [(s, n) for s in cc.splits(pool, args.protocols) for n in norms]
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             r = json.loads(file.read_text())
         else:
             t0 = time.time()
-            r = cc.run_split(pool, split, norm, blocks)
+            r = cc.run_split(pool, split, norm, blocks, poolings)
             r["seconds"] = round(time.time() - t0, 1)
             file.write_text(json.dumps(r) + "\n")
             acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(r)
     summary = cc.summarise(results)
     meta = {"encoder": str(args.encoder), "data": args.data, "blocks": args.blocks,
+            "pooling": args.pooling,
             "ravdess_calm": args.calm,
             "c_grid": list(cc.C_GRID), "inner_folds": cc.INNER_FOLDS,
             "machine": platform.platform(), "torch": torch.__version__,
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.publish:
         publish(out, Path(args.publish), meta, summary)
     if args.final:
-        final(pool, args, out, blocks)
+        final(pool, args, out, blocks, poolings)
     return 0
 
 
@@ -207,10 +209,11 @@ def stream_accuracy(pool: cc.Pool, split: cc.Split, result: dict, encoder: str) 
     return out
 
 
-def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int]) -> None:
+def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int],
+          poolings: tuple[int, ...] = (0, 1)) -> None:
     """Fit the served head on ``--final`` corpora; save what export needs."""
     rows = np.flatnonzero(np.isin(pool.corpus, args.final))
-    choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks)
+    choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks, poolings=poolings)
     head = cc.train_head(pool, rows, choice, speaker_norm=False)
     # The per-stream head: same block and pooling (one encoder depth serves both), its own C.
     spk_choice, spk_table = cc.choose(pool, rows, speaker_norm=True, blocks=[choice.block],
