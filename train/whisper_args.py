@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the served head on these corpora (e.g. tess ravdess)")
     p.add_argument("--calm", default="neutral", choices=("neutral", "drop"),
                    help="RAVDESS calm clips: count as neutral (default) or leave out")
-    p.add_argument("--stream", action="store_true",
+    p.add_argument("--stream", nargs="*", default=None, metavar="PROTOCOL",
                    help="also score each split's held-out clips as one stream (3-s windows, "
-                   "hop 0.5 s; the stream protocol)")
+                   "hop 0.5 s; the stream protocol); optionally only for these protocols")
     p.add_argument("--publish", default=None, metavar="DIR",
                    help="also write the table into DIR/crosscorpus.md (between its markers), "
                    "DIR/crosscorpus.json and DIR/crosscorpus.html (e.g. docs/results)")

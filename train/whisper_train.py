@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
             acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
             print(f"[{i + 1}/{len(todo)}] {key}: {r['choice_label']} -> {acc} "
                   f"({r['seconds']} s)", file=sys.stderr, flush=True)
-        if args.stream and not norm and "stream" not in r:
+        wants_stream = args.stream is not None and (not args.stream
+                                                     or split.protocol in args.stream)
+        if wants_stream and not norm and "stream" not in r:
             r["stream"] = stream_accuracy(pool, split, r, args.encoder)
             file.write_text(json.dumps(r) + "\n")
             print(f"    stream: {json.dumps({k: v['accuracy'] for k, v in r['stream'].items()})}",
