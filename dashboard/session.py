@@ -10,13 +10,12 @@ long session with an explanation for every window still loads in bounded memory.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dashboard.alerts import AlertEngine
 from dashboard.state import Prediction, Store
@@ -24,20 +23,6 @@ from streamer import protocol
 
 #: Windows kept per stream when reviewing (about 7 hours at a 0.5 s hop).
 REVIEW_MAX_PREDICTIONS = 50_000
-
-
-def _open(path: Path) -> IO[bytes]:
-    """Plain or gzip-compressed (offsets are into the uncompressed text either way). A live
-    log compressed since it was listed is read from its ``.gz``."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    try:
-        return path.open("rb")
-    except FileNotFoundError:
-        gz = path.with_name(path.name + ".gz")
-        if not gz.is_file():
-            raise
-        return gzip.open(gz, "rb")
 
 
 def _mtime(path: Path) -> float:
@@ -74,7 +59,7 @@ class Session:
         offset = self.explanation_offsets.get((stream_id, seq))
         if offset is None:
             return None
-        with _open(self.path) as fh:
+        with protocol.open_log(self.path) as fh:
             fh.seek(offset)
             return json.loads(fh.readline())
 
@@ -100,7 +85,7 @@ def read_session(path: str | Path, alerts: AlertEngine | None = None,
     session = Session(path=path, store=Store(max_predictions=max_predictions,
                                              max_explanations=1, alerts=alerts))
     offset = 0
-    with _open(path) as fh:
+    with protocol.open_log(path) as fh:
         for number, raw in enumerate(fh, start=1):
             start, offset = offset, offset + len(raw)
             session.lines += 1

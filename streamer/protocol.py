@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
 import math
 import re
 import reprlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 PROTOCOL_VERSION = "1"
 #: Upper bound of one explanation message on the wire (the explanations issue).
@@ -813,3 +815,19 @@ if __name__ == "__main__":  # pragma: no cover - maintenance entry point
         print("updated" if update_doc(sys.argv[2]) else "unchanged")
     else:
         print(render_reference())
+
+
+def open_log(path: str | Path) -> IO[bytes]:
+    """A session log (one protocol message per line) for reading, plain or gzip-compressed (by
+    its name); a log compressed since its path was looked up is read from its ``.gz``. Here,
+    beside the messages it holds, so the daemon's CLI and the dashboard read logs one way."""
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        gz = path.with_name(path.name + ".gz")
+        if not gz.is_file():
+            raise
+        return gzip.open(gz, "rb")

@@ -20,7 +20,6 @@ sensitive) writes each stream's audio as FLAC next to the log.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 import secrets
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from streamer.protocol import open_log
 
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -129,21 +130,6 @@ def session_id_of(path: str | Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
-
-
-def open_log(path: str | Path) -> IO[bytes]:
-    """A log for reading, plain or gzip-compressed (by its name); a log compressed since its
-    path was looked up is read from its ``.gz``."""
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    try:
-        return path.open("rb")
-    except FileNotFoundError:
-        gz = path.with_name(path.name + ".gz")
-        if not gz.is_file():
-            raise
-        return gzip.open(gz, "rb")
 
 
 def read_session(path: str | Path) -> SessionRead:

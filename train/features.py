@@ -416,3 +416,19 @@ class DeltaLogMel(torch.nn.Module):
         deltas = self._deltas(static.reshape(batch * mels, frames))
         deltas = deltas.reshape(batch, mels, 2, frames).transpose(1, 2)
         return torch.cat([static, deltas], dim=1)
+
+
+def check_window(wave: torch.Tensor, n_samples: int) -> None:
+    """A clear error for what the streamer or a user might pass a served model by mistake:
+    anything but a batch of mono windows ``[B, n_samples]`` (scriptable; TorchScript re-raises
+    it as ``torch.jit.Error`` with the same text)."""
+    if wave.dim() != 2:
+        raise ValueError(
+            f"expected a batch of mono windows wave[B, {n_samples}], "
+            f"got a tensor of rank {wave.dim()} with shape {list(wave.shape)}"
+        )
+    if wave.size(1) != n_samples:
+        raise ValueError(
+            f"expected windows of {n_samples} samples, got {wave.size(1)} "
+            f"(shape {list(wave.shape)})"
+        )

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from train.features import LogMel, LogMelConfig
+from train.features import LogMel, LogMelConfig, check_window
 
 N_CLASSES = 7
 
@@ -120,16 +120,7 @@ class StreamingCNNLSTM(nn.Module):
 
     def check_input(self, wave: torch.Tensor) -> None:
         """A clear error for what the streamer or a user might pass by mistake."""
-        if wave.dim() != 2:
-            raise ValueError(
-                f"expected a batch of mono windows wave[B, {self.n_samples}], "
-                f"got a tensor of rank {wave.dim()} with shape {list(wave.shape)}"
-            )
-        if wave.size(1) != self.n_samples:
-            raise ValueError(
-                f"expected windows of {self.n_samples} samples, got {wave.size(1)} "
-                f"(shape {list(wave.shape)})"
-            )
+        check_window(wave, self.n_samples)
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Log-mel [B, 1, n_mels, T] exactly as the front-end computes it (for display)."""

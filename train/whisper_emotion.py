@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from train.features import check_window
 from train.whisper import HOP_LENGTH, AudioEncoder, WhisperLogMel, load_encoder
 
 N_CLASSES = 7
@@ -129,16 +130,7 @@ class WhisperEmotion(nn.Module):
 
     def check_input(self, wave: torch.Tensor) -> None:
         """A clear error for what the streamer or a user might pass by mistake."""
-        if wave.dim() != 2:
-            raise ValueError(
-                f"expected a batch of mono windows wave[B, {self.n_samples}], "
-                f"got a tensor of rank {wave.dim()} with shape {list(wave.shape)}"
-            )
-        if wave.size(1) != self.n_samples:
-            raise ValueError(
-                f"expected windows of {self.n_samples} samples, got {wave.size(1)} "
-                f"(shape {list(wave.shape)})"
-            )
+        check_window(wave, self.n_samples)
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Whisper's log-mel [B, 1, 80, T] (what the dashboard draws and saliency maps)."""
