@@ -1,7 +1,8 @@
 """Pooling on stream windows of VALIDATION speakers: all vs voiced positions (no test data).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/stream_validation.py \
-        [--encoder ../shared/models/whisper-tiny-encoder.pt] [--out docs/results/stream_validation.json]
+        [--encoder ../shared/models/whisper-tiny-encoder.pt] \
+        [--out docs/results/stream_validation.json]
 
 The shipped training side (TESS + RAVDESS speakers) is split by ``train.crosscorpus.inner_folds``
 (the folds the recipe's choices use); for inner folds 0 and 1, a head (block 3, C 0.003,
