@@ -25,10 +25,8 @@ rows because it needs the test speaker's unlabelled audio.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,9 +54,6 @@ class Pool:
         self.corpus = np.array([u.corpus for u in self.utts])
         self.speaker = np.array([f"{u.corpus}:{u.speaker}" for u in self.utts])
         self.label = np.array([u.label for u in self.utts], dtype=np.int64)
-
-    def select(self, mask: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(mask)
 
 
 def balanced_weights(corpus: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -382,14 +377,9 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def save(results: list[dict], path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"splits": results, "summary": summarise(results)},
-                                     indent=1) + "\n")
-
-
 __all__ = [
     "C_GRID", "Choice", "LinearHead", "Pool", "Split", "balanced_weights", "choose", "evaluate",
-    "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds", "run_split", "save",
+    "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds", "run_split",
     "PRIOR_WINDOWS", "shrunk_moments", "speaker_prior", "speaker_standardise", "splits",
     "summarise", "train_head",
 ]
