@@ -35,6 +35,7 @@ from typing import Any
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
+from streamer.pending import End, Pending
 from streamer.retention import LogKeeper
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
@@ -98,64 +99,6 @@ class _Stream:
     ended_at: float | None = None  # time.monotonic() when it ended
 
 
-@dataclass
-class _End:
-    """Queued after a stream's last window, so stream_ended follows its last prediction."""
-
-    stream_id: str
-    reason: str
-    error: Exception | None = None
-
-
-class _Pending:
-    """The bounded queue of windows (and end markers) waiting for inference."""
-
-    def __init__(self, max_windows: int) -> None:
-        self.items: collections.deque[Any] = collections.deque()
-        self.windows = 0
-        self.max_windows = max_windows
-        self.changed = asyncio.Condition()
-
-    async def put(self, item: Any, wait: bool) -> Any | None:
-        """Queue ``(window, received)``; returns a dropped window's item when full and not
-        ``wait``."""
-        dropped = None
-        async with self.changed:
-            if wait:
-                await self.changed.wait_for(lambda: self.windows < self.max_windows)
-            elif self.windows >= self.max_windows:
-                for i, old in enumerate(self.items):
-                    if not isinstance(old, _End):
-                        dropped = old
-                        del self.items[i]
-                        self.windows -= 1
-                        break
-            self.items.append(item)
-            self.windows += 1
-            self.changed.notify_all()
-        return dropped
-
-    async def put_end(self, end: _End) -> None:
-        async with self.changed:
-            self.items.append(end)
-            self.changed.notify_all()
-
-    async def get_batch(self, max_windows: int) -> list[Any]:
-        """Everything ready now (at least one item), at most ``max_windows`` windows."""
-        async with self.changed:
-            await self.changed.wait_for(lambda: bool(self.items))
-            out: list[Any] = []
-            n = 0
-            while self.items and n < max_windows:
-                item = self.items.popleft()
-                out.append(item)
-                if not isinstance(item, _End):
-                    n += 1
-                    self.windows -= 1
-            self.changed.notify_all()
-            return out
-
-
 class Daemon:
     """Wires sources, engine, session log and server; ``await run()`` until stopped."""
 
@@ -177,7 +120,7 @@ class Daemon:
         self._source_stops: dict[int, threading.Event] = {}
         self._stop_reason: dict[int, str] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._pending: _Pending | None = None
+        self._pending: Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._detached = Detached()
         self._redact = Redactor()  # server-side paths out of client-visible texts
@@ -249,7 +192,7 @@ class Daemon:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             raise
-        self._pending = _Pending(self.config.max_pending_windows)
+        self._pending = Pending(self.config.max_pending_windows)
         if self.config.allowed_dir is not None:
             from streamer.sources import show_path
 
@@ -450,7 +393,7 @@ class Daemon:
             st = self.streams[sid]
             for w in st.windower.flush():
                 await self._enqueue(st, w, paced)
-            await self._pending.put_end(_End(sid, reason, error))
+            await self._pending.put_end(End(sid, reason, error))
         self._source_stops.pop(key, None)
 
     async def _enqueue(self, st: _Stream, window: Any, paced: bool) -> None:
@@ -510,7 +453,7 @@ class Daemon:
                     if st.pending == 0 and st.state == "running":
                         st.processed = max(st.processed, st.received)
                 run = []
-            if isinstance(item, _End):
+            if isinstance(item, End):
                 await loop.run_in_executor(self._pool, self.engine.end_stream,
                                            item.stream_id)
                 self._end_stream(item.stream_id, item.reason, item.error)
