@@ -7,7 +7,7 @@ checks the doc is current.
 
 Validation here is deliberately hand-written: ``_check_schema`` interprets the small subset of
 JSON Schema these schemas use (type, const, enum, properties, required, additionalProperties,
-items, min/max bounds, pattern, anyOf, if/then), so the module runs without the ``jsonschema``
+maxProperties, items, min/max bounds, pattern, anyOf, if/then), so the module runs without the ``jsonschema``
 package; the tests cross-check every example against ``jsonschema`` itself. Rules a schema
 cannot state (label is the argmax, frame data length = F*T, axes lengths) are in
 ``_SEMANTIC_CHECKS``.
@@ -36,7 +36,7 @@ MAX_FRAME_T = 100
 
 SERVER_TYPES = (
     "hello", "prediction", "explanation", "status", "stream_started", "stream_ended",
-    "error", "ack", "pong",
+    "error", "ack", "pong", "dynamics",
 )
 CLIENT_TYPES = ("subscribe", "replay", "stop_stream", "ping")
 
@@ -56,7 +56,11 @@ ERROR_CODES = (
     "internal",            # a bug on the server side; the connection stays usable
 )
 END_REASONS = ("eof", "stopped", "error", "shutdown")
-SOURCE_KINDS = ("mic", "file", "stdin", "upload")
+#: "call": audio pushed to the daemon's ingest websocket (a phone platform's Media Streams
+#: fork, or the plain binary variant), one stream per track.
+SOURCE_KINDS = ("mic", "file", "stdin", "upload", "call")
+#: Who a stream is in its call: Media Streams' inbound track is the caller, outbound the agent.
+CALL_ROLES = ("caller", "agent")
 
 
 class ProtocolError(ValueError):
@@ -113,8 +117,56 @@ _STREAM_INFO = {
         "speed": _NUM_OR_NULL,
         "started_wall": _NUM,
         "state": {"enum": ["running", "ended"]},
+        "call": {
+            "description": "present when the stream is one side of a call: the call's id (the "
+            "platform's call id, or the recording's for --split-channels), the track as the "
+            "platform names it, the side's role, the media format as received, and the "
+            "sender's custom parameters",
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": 128},
+                "track": {"type": "string", "minLength": 1, "maxLength": 32},
+                "role": {"anyOf": [{"enum": list(CALL_ROLES)}, {"type": "null"}]},
+                "format": {"type": "string", "maxLength": 64},
+                "params": {"type": "object", "maxProperties": 32,
+                           "additionalProperties": {"type": "string", "maxLength": 256}},
+            },
+            "required": ["id", "track", "role"],
+            "additionalProperties": False,
+        },
     },
     "required": ["stream", "kind", "source", "started_wall", "state"],
+    "additionalProperties": False,
+}
+
+_SIDE = {
+    "type": "object",
+    "properties": {
+        "stream": _STREAM_ID,
+        "role": {"anyOf": [{"enum": list(CALL_ROLES)}, {"type": "null"}]},
+        "speaking": {"type": "boolean", "description": "talking in the last interval"},
+        "talk_s": _NONNEG,
+        "talk_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                       "description": "this side's part of all talk so far (null: nobody "
+                       "has talked yet)"},
+        "talk_share_recent": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                              "description": "the same over the last recent_s seconds"},
+        "interruptions": {"type": "integer", "minimum": 0,
+                          "description": "times this side started talking over the other"},
+        "loudness_dbfs": {"type": ["number", "null"],
+                          "description": "RMS level of the last interval's talk (null: silent)"},
+        "loudness_trend_db_per_min": {"type": ["number", "null"],
+                                      "description": "slope of talk loudness over the last "
+                                      "trend_s seconds (null: too little talk)"},
+        "pitch_hz": {"type": ["number", "null"], "minimum": 0},
+        "pitch_var_st": {"type": ["number", "null"], "minimum": 0,
+                         "description": "pitch variability, std in semitones"},
+        "rate_per_s": {"type": ["number", "null"], "minimum": 0,
+                       "description": "speaking-rate proxy: speech bursts (syllable-like "
+                       "energy peaks) per second of talk"},
+    },
+    "required": ["stream", "role", "speaking", "talk_s", "talk_share", "interruptions",
+                 "loudness_dbfs"],
     "additionalProperties": False,
 }
 
@@ -276,6 +328,23 @@ SCHEMAS: dict[str, dict] = {
         "stream": _STREAM_ID,
         "streams": {"anyOf": [{"type": "array", "items": _STREAM_ID}, {"const": "*"}]},
     }, ["request"]),
+    "dynamics": _msg("dynamics", {
+        "call": {"type": "string", "minLength": 1, "maxLength": 128},
+        "t_s": _NONNEG,
+        "wall_time": _NUM,
+        "interval_s": {"type": "number", "exclusiveMinimum": 0},
+        "recent_s": {"type": "number", "exclusiveMinimum": 0},
+        "sides": {"type": "array", "items": _SIDE, "minItems": 1, "maxItems": 2},
+        "overlap_s": _NONNEG,
+        "overlaps": _COUNT,
+        "silence_s": {"type": "number", "minimum": 0,
+                      "description": "the current stretch with nobody talking"},
+        "dead_air": {"type": "integer", "minimum": 0,
+                     "description": "silences longer than dead_air_s so far"},
+        "dead_air_s": {"type": "number", "exclusiveMinimum": 0},
+        "longest_silence_s": _NONNEG,
+    }, ["call", "t_s", "wall_time", "interval_s", "sides", "overlap_s", "overlaps",
+        "silence_s", "dead_air", "dead_air_s", "longest_silence_s"]),
     "pong": _msg("pong", {
         "ref": _REF,
         "t": _NUM,
@@ -356,6 +425,8 @@ def _errors(value: Any, schema: Mapping, where: str) -> Iterable[str]:
             for i, item in enumerate(value):
                 yield from _errors(item, schema["items"], f"{where}[{i}]")
     if isinstance(value, dict):
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            yield f"{where}: more than {schema['maxProperties']} fields"
         props = schema.get("properties", {})
         for key in schema.get("required", []):
             if key not in value:
@@ -571,10 +642,14 @@ def _base(type_: str, **fields: Any) -> dict:
 
 def stream_info(stream: str, kind: str, source: str, started_wall: float,
                 state: str = "running", channel: int | None = None,
-                speed: float | None = None) -> dict:
-    """The description of one stream, as listed in ``hello`` and ``stream_started``."""
-    return {"stream": stream, "kind": kind, "source": source, "channel": channel,
-            "speed": speed, "started_wall": float(started_wall), "state": state}
+                speed: float | None = None, call: Mapping[str, Any] | None = None) -> dict:
+    """The description of one stream, as listed in ``hello`` and ``stream_started``; ``call``
+    (id, track, role, format, params) when the stream is one side of a call."""
+    out = {"stream": stream, "kind": kind, "source": source, "channel": channel,
+           "speed": speed, "started_wall": float(started_wall), "state": state}
+    if call is not None:
+        out["call"] = dict(call)
+    return out
 
 
 def hello(session_id: str, model: Mapping, streams: Sequence[Mapping], hop_s: float,
@@ -681,6 +756,20 @@ def ack(request: str, ref: str | int | None = None, stream: str | None = None,
                  streams=list(streams) if isinstance(streams, (list, tuple)) else streams)
 
 
+def dynamics(call: str, t_s: float, sides: Sequence[Mapping[str, Any]], overlap_s: float,
+             overlaps: int, silence_s: float, dead_air: int, dead_air_s: float,
+             longest_silence_s: float, interval_s: float = 1.0, recent_s: float | None = None,
+             wall_time: float | None = None) -> dict:
+    """A call's conversation dynamics, once per interval: per side talk, interruptions,
+    loudness and pitch; for the call overlap and silences (``streamer/dynamics.py``)."""
+    return _base("dynamics", call=call, t_s=float(t_s),
+                 wall_time=_now() if wall_time is None else float(wall_time),
+                 interval_s=float(interval_s), recent_s=recent_s,
+                 sides=[dict(x) for x in sides], overlap_s=float(overlap_s),
+                 overlaps=int(overlaps), silence_s=float(silence_s), dead_air=int(dead_air),
+                 dead_air_s=float(dead_air_s), longest_silence_s=float(longest_silence_s))
+
+
 def pong(ref: str | int | None = None, t: float | None = None) -> dict:
     return _base("pong", ref=ref, t=t, wall_time=_now())
 
@@ -760,6 +849,18 @@ EXAMPLES: dict[str, dict] = {
     "error": error("forbidden", "replay path is outside the allowed directory", ref="r2"),
     "ack": ack("replay", ref="r1", stream="s1"),
     "pong": {"type": "pong", "v": "1", "ref": 7, "t": 12.5, "wall_time": _EX_T0},
+    "dynamics": dynamics(
+        "CA5f2e", 42.0, [
+            {"stream": "CA5f2e-caller", "role": "caller", "speaking": True, "talk_s": 18.5,
+             "talk_share": 0.56, "talk_share_recent": 0.61, "interruptions": 2,
+             "loudness_dbfs": -21.4, "loudness_trend_db_per_min": 3.2, "pitch_hz": 196.0,
+             "pitch_var_st": 2.7, "rate_per_s": 3.9},
+            {"stream": "CA5f2e-agent", "role": "agent", "speaking": False, "talk_s": 14.5,
+             "talk_share": 0.44, "talk_share_recent": 0.39, "interruptions": 0,
+             "loudness_dbfs": None, "loudness_trend_db_per_min": -0.4, "pitch_hz": None,
+             "pitch_var_st": 1.9, "rate_per_s": 4.2}],
+        overlap_s=2.1, overlaps=3, silence_s=0.0, dead_air=1, dead_air_s=10.0,
+        longest_silence_s=12.5, recent_s=120.0, wall_time=_EX_T0 + 3),
     "subscribe": subscribe(["s1"], types=["prediction", "explanation", "status"], id="sub-1"),
     "replay": replay(path="tess/OAF_angry/OAF_back_angry.wav", speed=1.0, id="r1"),
     "stop_stream": stop_stream("s1", id="r3"),
