@@ -35,6 +35,7 @@ from typing import Any
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
+from streamer.observers import Observers
 from streamer.pending import End, Pending
 from streamer.retention import LogKeeper
 from streamer.server import Client, Server, ServerConfig
@@ -127,6 +128,7 @@ class Daemon:
         self._slots = StreamSlots(config.max_streams, lambda: sum(
             s.state == "running" for s in self.streams.values()))
         self.uploads = UploadStore()
+        self.observers = Observers()  # conversation dynamics and the like (observers.py)
         self._uploads: dict[int, Path] = {}  # id(source) -> its upload's private file
         self._busy = False  # the inference loop is working on a batch
         self._names: collections.Counter[str] = collections.Counter()
@@ -344,11 +346,12 @@ class Daemon:
             info = protocol.stream_info(sid, kind or d.get("kind", src.kind),
                                         str(d.get("source") or src.kind), now,
                                         channel=d.get("channel", i if len(ids) > 1 else None),
-                                        speed=speed if speed else None)
+                                        speed=speed if speed else None, call=d.get("call"))
             self.streams[sid] = _Stream(
                 info, src, Windower(sid, self.model.sample_rate, self.model.window_s,
                                     self.config.hop_s), speed or None)
             self._publish(protocol.stream_started(info, ref=ref))
+            self.observers.stream_started(info)
         skipped = getattr(src, "skipped", None)
         if skipped:  # files of a directory left out (unreadable): say so, once
             more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
@@ -378,6 +381,8 @@ class Daemon:
                 # VAD scores fed audio in the background, ahead of the window (D2)
                 self.engine.feed(chunk.stream_id, chunk.samples,
                                  st.received - chunk.samples.size)
+                self.observers.audio(chunk.stream_id, chunk.samples,
+                                     st.received - chunk.samples.size, chunk.wall_time)
                 wins = st.windower.push(chunk.samples, chunk.wall_time, chunk.arrived)
                 if not wins and st.pending == 0:
                     st.processed = st.received
@@ -474,6 +479,7 @@ class Daemon:
         st.info["state"] = "ended"
         self._publish(protocol.stream_ended(sid, reason, st.windows,
                                             st.received / self.model.sample_rate))
+        self.observers.stream_ended(sid)
         if self.recorder is not None:
             self.recorder.close_stream(sid)
         if self.log is not None:
@@ -509,6 +515,8 @@ class Daemon:
             await asyncio.sleep(self.config.status_interval_s)
             try:
                 self._publish(self._status())
+                for msg in self.observers.tick(time.time()):
+                    self._publish(msg)
                 if self.log is not None:
                     await asyncio.to_thread(self.log.sync)
             except Exception:  # a status bug must not stop the next status

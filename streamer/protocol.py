@@ -7,10 +7,10 @@ checks the doc is current.
 
 Validation here is deliberately hand-written: ``_check_schema`` interprets the small subset of
 JSON Schema these schemas use (type, const, enum, properties, required, additionalProperties,
-maxProperties, items, min/max bounds, pattern, anyOf, if/then), so the module runs without the ``jsonschema``
-package; the tests cross-check every example against ``jsonschema`` itself. Rules a schema
-cannot state (label is the argmax, frame data length = F*T, axes lengths) are in
-``_SEMANTIC_CHECKS``.
+maxProperties, items, min/max bounds, pattern, anyOf, if/then), so the module runs without
+the ``jsonschema`` package; the tests cross-check every example against ``jsonschema``
+itself. Rules a schema cannot state (label is the argmax, frame data length = F*T, axes
+lengths) are in ``_SEMANTIC_CHECKS``.
 """
 
 from __future__ import annotations
