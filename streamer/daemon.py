@@ -37,6 +37,8 @@ from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.observers import Observers
 from streamer.pending import End, Pending
+from streamer.replay import RequestError as _RequestError
+from streamer.replay import start_replay
 from streamer.retention import LogKeeper
 from streamer.server import Client, Server, ServerConfig
 from streamer.sessionlog import AudioRecorder, SessionLog, new_session_id
@@ -44,9 +46,6 @@ from streamer.uploads import UploadStore
 
 log = logging.getLogger("streamer.daemon")
 
-# A file with more channels than this is refused rather than mixed down: which channel holds
-# the speech of a 5.1 recording is anyone's guess.
-MAX_REPLAY_CHANNELS = 2
 # Ended streams stay in hello and status this long (clients see their final counts), then go.
 ENDED_LISTED_S = 60.0
 
@@ -558,74 +557,8 @@ class Daemon:
             stop.set()
         return [protocol.ack("stop_stream", ref=ref, stream=sid)]
 
-    def resolve_replay_path(self, requested: str) -> list[Path]:
-        """The files a replay path names, all inside the allowed directory, or _RequestError.
-
-        Refuses ``..`` components outright and resolves symlinks (of the path and of every
-        file a directory expands to) before checking containment, so a link cannot escape.
-        """
-        from streamer.sources import SourceError, expand_paths
-
-        if self.config.allowed_dir is None:
-            raise _RequestError("forbidden", "replay from a path is disabled (the daemon was "
-                                "started without --allowed-dir); upload the file instead")
-        root = Path(self.config.allowed_dir).resolve()
-        rel = Path(requested)
-        if ".." in rel.parts or "\x00" in requested:
-            raise _RequestError("forbidden", "'..' is not allowed in replay paths")
-        target = (rel if rel.is_absolute() else root / rel).resolve()
-        if not target.is_relative_to(root):
-            raise _RequestError("forbidden", f"{requested!r} is outside the allowed directory")
-        if not target.exists():
-            raise _RequestError("not_found", f"{requested!r} does not exist")
-        try:
-            files = [f.resolve() for f in expand_paths([target])]
-        except SourceError as exc:
-            raise _RequestError("bad_audio", self._redact(str(exc))) from None
-        outside = [f for f in files if not f.is_relative_to(root)]
-        if outside:
-            raise _RequestError("forbidden", f"{requested!r} links outside the allowed directory")
-        return files
-
     async def _replay(self, msg: dict, ref: Any) -> list[dict]:
-        from streamer.sources import FileSource, show_path
-
-        speed, loop_ = float(msg.get("speed", 1.0)), bool(msg.get("loop", False))
-        split = bool(msg.get("split_channels", False))
-        upload_path = None
-        if "upload" in msg:
-            name = msg["upload"]["name"]
-            upload_path = await self._off_loop(self.uploads.save, name, msg["upload"]["bytes"])
-            self._redact.hide(str(upload_path), show_path(name))
-            files, kind, base, label = [upload_path], "upload", Path(name).stem, name
-            skip = False
-        else:
-            files = await self._off_loop(self.resolve_replay_path, msg["path"])
-            kind, base, label = "file", Path(msg["path"]).stem, msg["path"]
-            skip = len(files) > 1  # a directory (expanded here, so its links were checked)
-        # label: what clients see as the source (their own words, never our paths)
-        src = FileSource(files, self.model.sample_rate, name=self._stream_name(base),
-                         speed=speed, loop=loop_, split_channels=split, gap_s=self.config.gap_s,
-                         max_channels=MAX_REPLAY_CHANNELS, label=label[:1024],
-                         skip_unreadable=skip)
-        if upload_path is not None:
-            self._uploads[id(src)] = upload_path  # removed when its streams end
-        try:
-            ids = await self._start_source(src, kind=kind, ref=ref)
-        except _RequestError:
-            if upload_path is not None:
-                self._uploads.pop(id(src), None)
-                self.uploads.remove(upload_path)
-                self._redact.forget(str(upload_path))
-            raise
-        return [protocol.ack("replay", ref=ref, stream=ids[0])]
-
-
-class _RequestError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        return await start_replay(self, msg, ref)  # streamer/replay.py
 
 
 def _version() -> str:
