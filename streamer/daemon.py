@@ -35,6 +35,7 @@ from typing import Any
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
+from streamer.ingest import IngestConfig, IngestHub
 from streamer.observers import Observers
 from streamer.pending import End, Pending
 from streamer.replay import RequestError as _RequestError
@@ -80,6 +81,7 @@ class DaemonConfig:
     exit_when_done: bool = False  # stop once every stream has ended (tests, benchmarks)
     validate_outgoing: bool = True
     server: ServerConfig = field(default_factory=ServerConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)  # /ingest: calls pushed in
 
 
 @dataclass
@@ -206,7 +208,8 @@ class Daemon:
             self.recorder = AudioRecorder(self.config.sessions_dir, self.session_id,
                                           self.model.sample_rate)
         self._publish(self.hello(None), broadcast=False)
-        self.server = Server(self.config.server, self.hello, self._on_request)
+        self.server = Server(self.config.server, self.hello, self._on_request,
+                             ingest=IngestHub(self.config.ingest, self, self.config.server.token))
         infer = asyncio.create_task(self._infer_loop(), name="inference")
         status = asyncio.create_task(self._status_loop(), name="status")
         try:
@@ -318,7 +321,8 @@ class Daemon:
         try:
             with self._slots.opening():
                 try:
-                    await self._off_loop(src.open, timeout=timeout)
+                    if not getattr(src, "pushed", False):  # a call (ingest.py): nothing to open
+                        await self._off_loop(src.open, timeout=timeout)
                 except SourceError as exc:
                     raise _RequestError("bad_audio", self._redact(str(exc))) from None
                 ids = list(src.stream_ids)
@@ -365,14 +369,14 @@ class Daemon:
         return ids
 
     async def _run_source(self, src: Any, key: int) -> None:
-        from streamer.sources import SourceError, iter_chunks
+        from streamer.sources import SourceError, source_chunks
 
         assert self._pending is not None
         stop = self._source_stops[key]
         paced = getattr(src, "speed", 1.0) != 0 or src.kind != "file"
         error: Exception | None = None
         try:
-            async for chunk in iter_chunks(src, stop):
+            async for chunk in source_chunks(src, stop):
                 st = self.streams[chunk.stream_id]
                 st.received += chunk.samples.size
                 if self.recorder is not None:

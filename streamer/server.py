@@ -10,6 +10,8 @@
 - Client messages are validated with ``streamer.protocol``; anything wrong gets an ``error``
   and the connection stays open. ``subscribe`` and ``ping`` are answered here; ``replay`` and
   ``stop_stream`` go to the daemon's ``on_request`` callback.
+- Routing by path: ``/ingest`` (call audio pushed in) goes to the ingest hub given to the server
+  (``streamer/ingest.py``), with its own handshake checks; every other path is protocol v1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server as _WsServer
@@ -41,6 +44,7 @@ log = logging.getLogger("streamer.server")
 DEFAULT_PORT = 8765
 DEFAULT_ORIGINS = ("http://localhost:8501", "http://127.0.0.1:8501")
 TOKEN_ENV = "EMOTION_MONITOR_TOKEN"
+INGEST_PATH = "/ingest"  # call audio pushed in (streamer/ingest.py); every other path is v1
 # Messages a subscription filter never hides: every client must learn about streams and errors.
 ALWAYS_DELIVERED = frozenset({"stream_started", "stream_ended", "error"})
 MAX_UNREAD_REPLIES = 64
@@ -103,7 +107,8 @@ def check_bind(host: str, token: str | None) -> None:
             f"read the stream. Set --token or {TOKEN_ENV}, or bind 127.0.0.1.")
 
 
-def _given_token(request: Request) -> str | None:
+def given_token(request: Request) -> str | None:
+    """The token a handshake carries: ``Authorization: Bearer``, else ``?token=``."""
     auth = request.headers.get("Authorization")
     if auth and auth.lower().startswith("bearer "):
         return auth[7:].strip()
@@ -186,9 +191,12 @@ class Server:
     """Websocket fan-out of daemon messages, with per-client request handling."""
 
     def __init__(self, config: ServerConfig, hello: Callable[[str], dict],
-                 on_request: RequestHandler | None = None) -> None:
+                 on_request: RequestHandler | None = None, ingest: Any = None) -> None:
         check_bind(config.host, config.token)
         self.config = config
+        # The /ingest endpoint (streamer.ingest.IngestHub): its own handshake checks and
+        # handler; its connections are not protocol-v1 clients (no hello, no broadcasts).
+        self._ingest = ingest
         self._hello = hello
         self._on_request = on_request
         self.clients: dict[str, Client] = {}
@@ -246,20 +254,29 @@ class Server:
                 for c in self.clients.values()]
 
     # ---------------------------------------------------------------- connections
+    def _is_ingest(self, request: Request | None) -> bool:
+        return (self._ingest is not None and request is not None
+                and urlsplit(request.path).path.rstrip("/") == INGEST_PATH)
+
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self._is_ingest(request):
+            return self._ingest.check_handshake(connection, request)
         cfg = self.config
         if cfg.token:
-            given = _given_token(request)
+            given = given_token(request)
             if given is None or not hmac.compare_digest(given.encode(), cfg.token.encode()):
                 self.refused["token"] += 1
-                return _reject(connection, 401, "missing or wrong token\n",
+                return reject(connection, 401, "missing or wrong token\n",
                                {"WWW-Authenticate": 'Bearer realm="emotion-monitor"'})
         if len(self.clients) >= cfg.max_clients:
             self.refused["max_clients"] += 1
-            return _reject(connection, 503, f"too many clients (max {cfg.max_clients})\n")
+            return reject(connection, 503, f"too many clients (max {cfg.max_clients})\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self._is_ingest(ws.request):
+            await self._ingest.handle(ws)
+            return
         if len(self.clients) >= self.config.max_clients:
             # The handshake's 503 check runs before earlier handshakes became clients: many
             # at once all pass it. This check and the registration below share no await.
@@ -344,7 +361,7 @@ class Server:
         return await self._on_request(client, msg)
 
 
-def _reject(connection: ServerConnection, status: int, text: str,
+def reject(connection: ServerConnection, status: int, text: str,
             headers: dict[str, str] | None = None) -> Response:
     response = connection.respond(status, text)
     for key, value in (headers or {}).items():

@@ -653,6 +653,14 @@ class MicSource(Source):
 _END = object()
 
 
+def source_chunks(source: Any, stop: threading.Event) -> AsyncIterator[Chunk]:
+    """The chunks of any source, in the event loop: a pushed source (``chunks(stop)``, fed
+    from the loop itself, e.g. a call on the ingest websocket) as it is, no thread; any other
+    through :func:`iter_chunks` (its ``run`` in a thread)."""
+    chunks = getattr(source, "chunks", None)
+    return chunks(stop) if chunks is not None else iter_chunks(source, stop)
+
+
 async def iter_chunks(
     source: Source, stop: threading.Event | None = None, maxsize: int = 256
 ) -> AsyncIterator[Chunk]:
