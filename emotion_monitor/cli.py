@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train.whisper_cli",
     "train.export_cli",
     "streamer.cli",
+    "streamer.push_cli",
     "streamer.explain_cli",
     "dashboard.cli",
 )

@@ -31,14 +31,16 @@ def register(sub: Any) -> None:
 
 def _register_stream(sub: Any) -> None:
     p = add_command(
-        sub, "stream", help="run the capture daemon (microphone, files or stdin -> websocket)",
+        sub, "stream", help="run the capture daemon (mic, files, stdin or calls -> websocket)",
         description="Capture audio from the microphone, replayed files or raw PCM on stdin; "
                     "classify sliding windows with a TorchScript model, explain them with "
                     "Grad-CAM, and serve predictions over a websocket (protocol v1, "
                     "docs/protocol.md). Every message is logged to sessions/<id>.jsonl "
                     "(explanations only every --log-explanations-every-th), gzip-compressed "
                     "to <id>.jsonl.gz when the session closes. "
-                    "Several --replay options (and --mic) make several streams.",
+                    "Several --replay options (and --mic) make several streams. Phone "
+                    "platforms push live calls to ws://HOST:PORT/ingest (--ingest: no local "
+                    "source, wait for calls; docs/ingest.md).",
         example="emotion-monitor stream --replay ../shared/data/tess/OAF_angry --speed 1 --loop",
         handler=_stream)
     src = p.add_argument_group("sources (at least one)")
@@ -60,6 +62,20 @@ def _register_stream(sub: Any) -> None:
     src.add_argument("--format", default="s16le", choices=["s16le", "f32le"],
                      help="stdin PCM sample format")
     src.add_argument("--channels", type=int, default=1, help="stdin PCM channels")
+    ing = p.add_argument_group(
+        "call ingest (phone platforms push calls to ws://HOST:PORT/ingest; docs/ingest.md)",
+        "On whenever a token is set (--token, --ingest-token or $EMOTION_MONITOR_TOKEN), even "
+        "on loopback: call audio is personal data.")
+    ing.add_argument("--ingest", action="store_true",
+                     help="wait for calls with no local source (a call floor has no "
+                     "microphone); needs a token")
+    ing.add_argument("--ingest-token", default=None, metavar="T",
+                     help="a separate token for /ingest (then only it is accepted there; "
+                     "default: --token)")
+    ing.add_argument("--max-calls", type=int, default=32, metavar="N",
+                     help="concurrent calls; more are closed with 1013 (default 32)")
+    ing.add_argument("--ingest-idle-s", type=float, default=10.0, metavar="S",
+                     help="close a call whose sender sends no media for S seconds (default 10)")
     m = p.add_argument_group("model and inference")
     m.add_argument("--model", default=str(default_model_path()), help=model_help())
     m.add_argument("--device", default="auto",
@@ -160,9 +176,9 @@ def _stream(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.mic and not args.replay:
-        print("error: give a source: --mic, --replay PATH..., or --replay - (stdin)",
-              file=sys.stderr)
+    if not args.mic and not args.replay and not args.ingest:
+        print("error: give a source: --mic, --replay PATH..., --replay - (stdin), or --ingest "
+              "(wait for calls)", file=sys.stderr)
         return 2
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         if args.mic and args.mic_device is None:  # `--mic --device X` names the input device
@@ -175,8 +191,14 @@ def _stream(args: argparse.Namespace) -> int:
     from streamer.sessionlog import existing_log
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
+    ingest_token = args.ingest_token or token
     try:  # before torch is imported: a refused bind should not take seconds
         check_bind(args.host, token)
+        if args.ingest and not ingest_token:
+            raise ValueError(f"--ingest needs a token (--token, --ingest-token or {TOKEN_ENV}): "
+                             "call audio is never accepted without one")
+        if args.max_calls < 1 or args.ingest_idle_s <= 0:
+            raise ValueError("--max-calls and --ingest-idle-s must be positive")
         if args.log_explanations_every < 0:
             raise ValueError("--log-explanations-every must be >= 0")
         for name in ("max_session_mb", "retain_days"):
@@ -194,6 +216,7 @@ def _stream(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     from streamer import stream_norm
     from streamer.daemon import Daemon, DaemonConfig
+    from streamer.ingest import IngestConfig
     from streamer.model import ModelError, ServedModel
 
     server = ServerConfig(host=args.host, port=args.port, token=token,
@@ -213,7 +236,10 @@ def _stream(args: argparse.Namespace) -> int:
         session_id=args.session_id, log_explanations_every=args.log_explanations_every,
         max_session_mb=args.max_session_mb, retain_days=args.retain_days,
         record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
-        exit_when_done=args.exit_when_done, server=server)
+        exit_when_done=args.exit_when_done, server=server,
+        ingest=IngestConfig(token=args.ingest_token, max_calls=args.max_calls,
+                            idle_s=args.ingest_idle_s),
+        max_streams=max(DaemonConfig.max_streams, 2 * args.max_calls + 8))  # 2 tracks a call
     if args.stream_norm and not stream_norm.supported(model):
         print(f"error: --stream-norm: {args.model} has no per-stream normalisation "
               "(its card has no 'stream_norm')", file=sys.stderr)
@@ -229,6 +255,10 @@ def _stream(args: argparse.Namespace) -> int:
             print(f"emotion-monitor: session {daemon.session_id} serving "
                   f"ws://{args.host}:{daemon.port}/ (log {daemon.log.path if daemon.log else '-'})",
                   file=sys.stderr, flush=True)
+            print(f"emotion-monitor: calls on ws://{args.host}:{daemon.port}/ingest (token "
+                  f"required; max {args.max_calls} calls)" if ingest_token else
+                  "emotion-monitor: call ingest (/ingest) is off until a token is set "
+                  f"(--token, --ingest-token or {TOKEN_ENV})", file=sys.stderr, flush=True)
         return await task
 
     try:
