@@ -20,7 +20,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import figures
+from dashboard import figures, wallboard
 from dashboard.alerts import Alert, AlertEngine, SustainedFall, SustainedHigh
 from dashboard.client import DEFAULT_URL, Feed
 from dashboard.replay import DEFAULT_MAX_UPLOAD_BYTES, SPEEDS, check_path, check_upload
@@ -97,6 +97,7 @@ def get_feed(cfg: argparse.Namespace) -> Feed:
 def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
     sb = st.sidebar
     sb.title("🎙️ Emotion monitor")
+    navigation(sb)
     paused = sb.toggle("⏸ Pause view", key="paused",
                        help="Freeze the picture; data keeps arriving and nothing is lost.")
     minutes = sb.select_slider("Timeline shows the last", options=[0.5, 1, 2, 5, 10], value=2,
@@ -136,6 +137,19 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
     return {"paused": paused, "last_s": float(minutes) * 60.0, "rules": rules}
 
 
+def navigation(sb: Any) -> None:
+    """The wallboard (all calls) and the streams page (live / replay / review), as query
+    parameters set from Python: each switch is a browser history entry, so Back works."""
+    on_board = st.query_params.get(wallboard.VIEW_PARAM) == wallboard.WALLBOARD
+    left, right = sb.columns(2)
+    left.button("🧱 Wallboard", key="nav-wallboard", type="primary" if on_board else "secondary",
+                on_click=wallboard.show_wallboard, width="stretch",
+                help="One tile per live call, most urgent first.")
+    right.button("📈 Streams", key="nav-streams", type="secondary" if on_board else "primary",
+                 on_click=lambda: st.query_params.from_dict({}), width="stretch",
+                 help="Live streams, replay a file, review a session.")
+
+
 # ----------------------------------------------------------------------------- live view
 
 def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
@@ -153,6 +167,9 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
         view = snapshot(feed.store)
 
     connection_bar(view)
+    call = st.query_params.get(wallboard.CALL_PARAM)
+    # Opened from a wallboard tile: the call's streams, whatever was picked before.
+    focus = wallboard.call_header(feed, call) if call else []
     if not view.streams:
         if not any(s.state == "connected" for s in view.sources):
             st.warning(f"**No daemon connected.** {START_HINT}", icon="🔌")
@@ -163,6 +180,8 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     # Alerts are never paused: the banner always shows what holds now.
     with feed.store.lock:
         active, log = feed.store.alerts.active(), list(feed.store.alerts.log)
+    if focus:  # this call's alerts only; the floor's are on the wallboard
+        active = [a for a in active if a[1] in focus or a[1] == call]
     alert_banner(active, log, view)
 
     keys = list(view.streams)
@@ -172,7 +191,9 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     new = [k for k in keys if k not in seen and not view.streams[k].ended]
     st.session_state.seen_streams = set(keys)
     previous = st.session_state.get("picked_streams")
-    if previous is None:
+    if focus:
+        wanted = [k for k in focus if k in keys]
+    elif previous is None:
         running = [k for k in keys if not view.streams[k].ended] or keys
         wanted = running[:MAX_STREAMS_SHOWN]
     else:
@@ -184,7 +205,7 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     # empty in the browser.)
     picked = st.multiselect(
         "Streams", keys, default=wanted, format_func=lambda k: view.streams[k].label,
-        key="stream_picker:" + "|".join(keys),
+        key="stream_picker:" + (f"call={call}:" if focus else "") + "|".join(keys),
         help="Agent and caller are separate streams when a call is split by channel.",
     )
     st.session_state.picked_streams = picked
@@ -494,9 +515,13 @@ def main() -> None:
     st.html(PAGE_CSS)
     cfg = config()
     feed = get_feed(cfg)
+    wallboard.get_board(feed)  # listens from the start: tiles need the calls' dynamics
     opts = sidebar(cfg, feed)
     st.sidebar.download_button("⬇ Export live buffer as CSV", data=lambda: live_csv(feed),
                                file_name="emotion-monitor-live.csv", mime="text/csv")
+    if st.query_params.get(wallboard.VIEW_PARAM) == wallboard.WALLBOARD:
+        wallboard.page(feed)
+        return
     live, replay, review = st.tabs(["📈 Live", "▶ Replay a file", "🗂 Review a session"])
     with live:
         st.fragment(run_every=cfg.refresh)(live_view)(cfg, opts)

@@ -15,13 +15,11 @@ import gzip
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,100 +27,28 @@ from pathlib import Path
 import pytest
 
 from dashboard.cli import child_env
+from tests.browser import (
+    CHROMIUM_FLAGS,
+    DevTools,
+    Output,
+    find_chromium,
+    free_port,
+    page_websocket,
+    stop,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--no-first-run", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-]
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
+    path = find_chromium()
+    if path:
+        return path
     if os.environ.get("CI"):
         pytest.fail("Chromium is not installed (Debian package `chromium`); CI must run this")
     pytest.skip("Chromium is not installed (apt-get install chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Output:
-    """Drains a child's output in a thread (a full pipe would stall the child) and keeps it."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float) -> str:
-        """Group 1 of the first match of ``pattern`` in the output."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.text())
-            if m:
-                return m.group(1)
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                m = re.search(pattern, self.text())
-                if m:
-                    return m.group(1)
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} within {timeout:.0f} s; output:\n"
-                             f"{self.text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: evaluate JavaScript, take a screenshot."""
-
-    def __init__(self, ws) -> None:  # noqa: ANN001 - a websockets connection
-        self.ws = ws
-        self.next_id = 0
-
-    async def call(self, method: str, **params: object) -> dict:
-        self.next_id += 1
-        my_id = self.next_id
-        await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(await self.ws.recv())
-            if msg.get("id") == my_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    async def js(self, expression: str) -> object:
-        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return res.get("result", {}).get("value")
 
 
 # What the test reads from the page: visible text and the Plotly charts' traces.
@@ -215,16 +141,7 @@ async def drive(devtools_url: str, screenshot: Path, timeout: float = 120.0) -> 
     explanation, let it run a few more seconds, and take a full-page screenshot."""
     from websockets.asyncio.client import connect
 
-    port = re.search(r"ws://[^:/]+:(\d+)/", devtools_url).group(1)
-    deadline = time.monotonic() + 30
-    page_ws = None
-    while page_ws is None and time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as resp:
-            pages = [t for t in json.load(resp) if t.get("type") == "page"]
-        page_ws = pages[0]["webSocketDebuggerUrl"] if pages else None
-        if page_ws is None:
-            await asyncio.sleep(0.3)
-    assert page_ws, "Chromium opened no page"
+    page_ws = await page_websocket(devtools_url)
     async with connect(page_ws, max_size=64 * 2**20, open_timeout=20) as ws:
         cdp = DevTools(ws)
         await cdp.call("Emulation.setDeviceMetricsOverride", width=1500, height=1900,

@@ -1,0 +1,342 @@
+"""Calls on a floor, as the wallboard shows them: one tile per live call, ordered by what a
+supervisor should look at first. Pure Python (no Streamlit), so the definitions and the order
+are unit-tested on their own.
+
+A call is the set of streams whose ``info["call"]["id"]`` match (protocol v1: one stream per
+side, ``role`` "caller" | "agent" | null); its conversation dynamics arrive once a second as
+``dynamics`` messages. `CallBoard` folds those messages in (`apply`) and turns the Store's
+streams, their recent predictions, the latest dynamics and the active alerts into `Tile` rows.
+
+Definitions (also in docs/dashboard.md):
+
+- **negative mass** of a voiced window: p(angry) + p(disgust) + p(fear) + p(sad).
+- **trend** of a side: the least-squares slope of its negative mass over its voiced windows
+  whose end lies in the last ``TREND_WINDOW_S`` (30) seconds of that stream's time, in points
+  per minute (+0.3/min: negative mass rising by 30 percentage points a minute); None with
+  fewer than ``MIN_TREND_WINDOWS`` voiced windows spanning ``MIN_TREND_SPAN_S``.
+- **order**: highest active alert severity first (critical > warning > info > none); then the
+  caller's trend, most rising first (no trend last); then the caller's current negative mass;
+  then the longer call; then the call key (a stable tie-break).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dashboard.state import Prediction, Store, StreamData
+
+NEGATIVE_EMOTIONS = ("angry", "disgust", "fear", "sad")
+TREND_WINDOW_S = 30.0
+MIN_TREND_WINDOWS = 3
+MIN_TREND_SPAN_S = 2.0
+TREND_DECIMALS = 4
+#: How much of each side's history the tile's sparkline shows (stream time).
+SPARK_WINDOW_S = 60.0
+#: Rank of an alert's severity; anything unknown counts as a warning.
+SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
+DEFAULT_SEVERITY = "warning"
+ROLES = ("caller", "agent")
+_ZEROS = (0.0,) * len(NEGATIVE_EMOTIONS)
+
+
+# ----------------------------------------------------------------------------- definitions
+
+def negative_mass(probs: Mapping[str, float]) -> float:
+    """The share of probability on the negative emotions (the classes the model has)."""
+    return float(sum(map(probs.get, NEGATIVE_EMOTIONS, _ZEROS)))
+
+
+def slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (t seconds, value) points, per minute; None when too few points
+    or too short a span to mean anything."""
+    if len(points) < MIN_TREND_WINDOWS:
+        return None
+    ts = [t for t, _ in points]
+    if max(ts) - min(ts) < MIN_TREND_SPAN_S:
+        return None
+    n = len(points)
+    mt = sum(ts) / n
+    mv = sum(v for _, v in points) / n
+    sxx = sum((t - mt) ** 2 for t in ts)
+    sxy = sum((t - mt) * (v - mv) for t, v in points)
+    return 60.0 * sxy / sxx if sxx > 0 else None
+
+
+def trend(predictions: Sequence[Prediction]) -> float | None:
+    """A side's negative trend (see the module doc) from its predictions in time order."""
+    if not predictions:
+        return None
+    horizon = predictions[-1].t_end - TREND_WINDOW_S
+    return _trend([(p.t_end, negative_mass(p.probs)) for p in predictions
+                   if p.voiced and p.t_end >= horizon])
+
+
+def _trend(points: Sequence[tuple[float, float]]) -> float | None:
+    slope = slope_per_min(points)
+    # Rounded, so that flat lines tie (float noise would order them at random).
+    return None if slope is None else round(slope, TREND_DECIMALS) + 0.0
+
+
+def severity_rank(severity: str | None) -> int:
+    return 0 if severity is None else SEVERITY_RANK.get(severity, SEVERITY_RANK["warning"])
+
+
+# ----------------------------------------------------------------------------- rows
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a call as its tile shows it."""
+
+    stream: str  # the Store's stream key
+    role: str | None
+    label: str | None  # the latest window's emotion; None while that window is unvoiced
+    confidence: float | None
+    last_label: str | None  # the latest voiced window's emotion (shown dimmed in a pause)
+    negative: float | None  # negative mass of the latest voiced window
+    trend_per_min: float | None
+    spark: tuple[tuple[float, float | None], ...]  # (t_end, negative mass | None unvoiced)
+    ended: bool
+    speaking: bool | None = None  # from dynamics
+    talk_share: float | None = None
+    interruptions: int | None = None  # times this side cut in on the other
+    loudness_dbfs: float | None = None
+    loudness_trend_db_per_min: float | None = None
+
+
+@dataclass(frozen=True)
+class TileAlert:
+    rule: str
+    severity: str
+    stream: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One live call: both sides, the call's dynamics, its active alerts."""
+
+    key: str  # unique across daemons; what ``?call=`` names
+    call_id: str
+    source: str
+    streams: tuple[str, ...]  # the call's stream keys (the detail view shows these)
+    caller: Side | None
+    agent: Side | None
+    duration_s: float
+    alerts: tuple[TileAlert, ...]
+    overlap_s: float | None = None
+    overlaps: int | None = None
+    silence_s: float | None = None
+    dead_air: int | None = None
+    dead_air_s: float | None = None
+    longest_silence_s: float | None = None
+
+    @property
+    def severity(self) -> str | None:
+        """The most severe active alert's severity (None: no alert)."""
+        if not self.alerts:
+            return None
+        return max((a.severity for a in self.alerts), key=severity_rank)
+
+    @property
+    def caller_trend(self) -> float | None:
+        return self.caller.trend_per_min if self.caller else None
+
+    @property
+    def dead_air_now(self) -> bool:
+        """Nobody has talked for longer than the daemon's dead-air threshold."""
+        return (self.silence_s is not None and self.dead_air_s is not None
+                and self.silence_s >= self.dead_air_s)
+
+
+def order_key(tile: Tile) -> tuple:
+    """Sort key for `sorted`: most urgent first (see the module doc)."""
+    tr = tile.caller_trend
+    neg = tile.caller.negative if tile.caller and tile.caller.negative is not None else -1.0
+    return (-severity_rank(tile.severity), tr is None, -(tr or 0.0), -neg, -tile.duration_s,
+            tile.key)
+
+
+def order(tiles: Iterable[Tile]) -> list[Tile]:
+    return sorted(tiles, key=order_key)
+
+
+# ----------------------------------------------------------------------------- the board
+
+class CallBoard:
+    """Builds the wallboard's tiles from a `Store`.
+
+    The latest ``dynamics`` message of each call is kept here (`apply`, fed by the Store's
+    listeners), so the board works whether or not the Store keeps dynamics itself.
+    """
+
+    def __init__(self) -> None:
+        self.dynamics: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def apply(self, source: str, msg: Mapping[str, Any]) -> None:
+        """Fold one protocol message in: the latest dynamics per call; a daemon's new session
+        forgets that daemon's calls."""
+        kind = msg.get("type")
+        if kind == "dynamics":
+            self.dynamics[(source, str(msg["call"]))] = dict(msg)
+        elif kind == "hello":
+            for key in [k for k in self.dynamics if k[0] == source]:
+                del self.dynamics[key]
+
+    def attach(self, store: Store) -> None:
+        """Listen to ``store``'s messages (idempotent)."""
+        with store.lock:
+            if self.apply not in store.listeners:
+                store.listeners.append(self.apply)
+
+    def tiles(self, store: Store, live_only: bool = True) -> list[Tile]:
+        """Every call with a running stream (every call, with ``live_only=False``), ordered."""
+        with store.lock:
+            active = _active_alerts(store)
+            tiles = [self._tile(store, source, call_id, members, active)
+                     for (source, call_id), members in calls_of(store.streams.values()).items()
+                     if not (live_only and all(d.ended for d in members))]
+        return order(tiles)
+
+    def tile(self, store: Store, key: str) -> Tile | None:
+        """The tile a key names (live or not), built alone; None if no such call."""
+        with store.lock:
+            for (source, call_id), members in calls_of(store.streams.values()).items():
+                if store.stream_key(source, call_id) == key:
+                    return self._tile(store, source, call_id, members, _active_alerts(store))
+        return None
+
+    def _tile(self, store: Store, source: str, call_id: str, members: list[StreamData],
+              active: Mapping[str, list[TileAlert]]) -> Tile:
+        key = store.stream_key(source, call_id)  # prefixed by the daemon when several
+        return _tile(key, source, call_id, members, self.dynamics.get((source, call_id)),
+                     active)
+
+
+def calls_of(streams: Iterable[StreamData]) -> dict[tuple[str, str], list[StreamData]]:
+    """Streams that are sides of a call, grouped by (daemon, call id)."""
+    out: dict[tuple[str, str], list[StreamData]] = {}
+    for d in streams:
+        call = d.info.get("call")
+        if isinstance(call, Mapping) and call.get("id"):
+            out.setdefault((d.source, str(call["id"])), []).append(d)
+    return out
+
+
+def _active_alerts(store: Store) -> dict[str, list[TileAlert]]:
+    """Active alerts by the stream (or call) they were raised on, with their severity."""
+    latest = {(a.rule, a.stream): a for a in store.alerts.log}
+    severity = {r.name: getattr(r, "severity", DEFAULT_SEVERITY) for r in store.alerts.rules}
+    out: dict[str, list[TileAlert]] = {}
+    for rule, stream in store.alerts.active():
+        a = latest.get((rule, stream))
+        sev = a.severity if a is not None else severity.get(rule, DEFAULT_SEVERITY)
+        out.setdefault(stream, []).append(
+            TileAlert(rule, sev, stream, a.message if a is not None else rule))
+    return out
+
+
+def _roles(members: list[StreamData]) -> dict[str, StreamData]:
+    """caller/agent -> stream; a side without a role fills the free slot (caller first); of
+    two streams with one role (a call re-forked), the running, most recent one."""
+    ranked = sorted(members, key=lambda d: (d.ended is None, d.last_seen,
+                                            d.info.get("started_wall", 0.0)))
+    out: dict[str, StreamData] = {}
+    for d in reversed(ranked):
+        role = (d.info.get("call") or {}).get("role")
+        if role in ROLES and role not in out:
+            out[role] = d
+    for d in reversed(ranked):
+        role = (d.info.get("call") or {}).get("role")
+        if role not in ROLES and all(d is not v for v in out.values()):
+            free = next((r for r in ROLES if r not in out), None)
+            if free is not None:
+                out[free] = d
+    return out
+
+
+def _tile(key: str, source: str, call_id: str, members: list[StreamData],
+          dyn: Mapping[str, Any] | None, active: Mapping[str, list[TileAlert]]) -> Tile:
+    sides_dyn = {str(s.get("stream")): s for s in (dyn or {}).get("sides") or []}
+    roles = _roles(members)
+    summary = {role: _side(d, role, sides_dyn.get(d.stream_id)) for role, d in roles.items()}
+    ordered = [roles[r] for r in ROLES if r in roles]
+    ordered += [d for d in members if all(d is not o for o in ordered)]
+    alerts: list[TileAlert] = []
+    for d in ordered:
+        alerts.extend(active.get(d.key, ()))
+    for name in {call_id, key}:  # rules on the call itself (dynamics)
+        alerts.extend(active.get(name, ()))
+    alerts.sort(key=lambda a: -severity_rank(a.severity))
+    return Tile(
+        key=key, call_id=call_id, source=source, streams=tuple(d.key for d in ordered),
+        caller=summary.get("caller"), agent=summary.get("agent"),
+        duration_s=_duration(members, dyn), alerts=tuple(alerts),
+        overlap_s=_num(dyn, "overlap_s"), overlaps=_int(dyn, "overlaps"),
+        silence_s=_num(dyn, "silence_s"), dead_air=_int(dyn, "dead_air"),
+        dead_air_s=_num(dyn, "dead_air_s"), longest_silence_s=_num(dyn, "longest_silence_s"),
+    )
+
+
+def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None) -> Side:
+    tail = _recent(d.predictions, max(SPARK_WINDOW_S, TREND_WINDOW_S))
+    latest = tail[-1] if tail else None
+    voiced = next((p for p in reversed(tail) if p.voiced), None)
+    if latest is None and d.predictions:
+        latest = d.predictions[-1]
+    # Negative mass once per window: the sparkline and the trend share it.
+    spark = tuple((p.t_end, negative_mass(p.probs) if p.voiced else None) for p in tail)
+    horizon = latest.t_end - TREND_WINDOW_S if latest else 0.0
+    return Side(
+        stream=d.key, role=role,
+        label=latest.label if latest is not None and latest.voiced else None,
+        confidence=latest.confidence if latest is not None and latest.voiced else None,
+        last_label=voiced.label if voiced else None,
+        negative=negative_mass(voiced.probs) if voiced else None,
+        trend_per_min=_trend([(t, v) for t, v in spark if v is not None and t >= horizon]),
+        spark=spark, ended=d.ended is not None,
+        speaking=dyn.get("speaking") if dyn else None,
+        talk_share=_num(dyn, "talk_share"), interruptions=_int(dyn, "interruptions"),
+        loudness_dbfs=_num(dyn, "loudness_dbfs"),
+        loudness_trend_db_per_min=_num(dyn, "loudness_trend_db_per_min"),
+    )
+
+
+def _recent(predictions: Iterable[Prediction], span_s: float) -> list[Prediction]:
+    """The windows of the last ``span_s`` seconds of stream time, oldest first (read from the
+    end of the ring buffer, so the cost does not grow with the history kept)."""
+    out: list[Prediction] = []
+    horizon: float | None = None
+    for p in reversed(predictions):  # type: ignore[call-overload]
+        if horizon is None:
+            horizon = p.t_end - span_s
+        elif p.t_end < horizon:
+            break
+        out.append(p)
+    out.reverse()
+    return out
+
+
+def _duration(members: list[StreamData], dyn: Mapping[str, Any] | None) -> float:
+    """Stream time of the call so far (dynamics' t_s, or the latest window's end); wall time
+    since the first side started while neither has arrived yet."""
+    seen = [d.predictions[-1].t_end for d in members if d.predictions]
+    if dyn is not None:
+        seen.append(float(dyn.get("t_s") or 0.0))
+    if seen:
+        return max(seen)
+    starts = [float(d.info.get("started_wall") or 0.0) for d in members]
+    first = min((s for s in starts if s > 0), default=None)
+    return max(0.0, time.time() - first) if first else 0.0
+
+
+def _num(m: Mapping[str, Any] | None, name: str) -> float | None:
+    v = (m or {}).get(name)
+    return None if v is None else float(v)
+
+
+def _int(m: Mapping[str, Any] | None, name: str) -> int | None:
+    v = (m or {}).get(name)
+    return None if v is None else int(v)
