@@ -107,6 +107,15 @@ def _register_stream(sub: Any) -> None:
                    help="largest uploaded file a client may replay (MiB, default 20)")
     s.add_argument("--queue-size", type=int, default=256,
                    help="messages buffered per client before the oldest are dropped")
+    d = p.add_argument_group("conversation dynamics (calls: pushed calls, --split-channels)")
+    d.add_argument("--dead-air-s", type=float, default=10.0, metavar="S",
+                   help="a silence on both sides of a call this long counts as dead air "
+                   "(default 10)")
+    d.add_argument("--split-roles", default="", metavar="ROLES",
+                   help="roles of a split recording's channels, e.g. agent,caller (default: "
+                   "none); pushed calls carry their own")
+    d.add_argument("--no-dynamics", action="store_true",
+                   help="send no 'dynamics' messages (talk share, interruptions, dead air...)")
     o = p.add_argument_group("session log")
     o.add_argument("--sessions-dir", default=DEFAULT_SESSIONS,
                    help=f"where session logs go (default {DEFAULT_SESSIONS}/)")
@@ -201,6 +210,11 @@ def _stream(args: argparse.Namespace) -> int:
             raise ValueError("--max-calls and --ingest-idle-s must be positive")
         if args.log_explanations_every < 0:
             raise ValueError("--log-explanations-every must be >= 0")
+        if args.dead_air_s <= 0:
+            raise ValueError("--dead-air-s must be positive")
+        from streamer.dynamics import parse_roles
+
+        roles = parse_roles(args.split_roles) if args.split_roles else ()
         for name in ("max_session_mb", "retain_days"):
             if getattr(args, name) is not None and getattr(args, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -236,7 +250,8 @@ def _stream(args: argparse.Namespace) -> int:
         session_id=args.session_id, log_explanations_every=args.log_explanations_every,
         max_session_mb=args.max_session_mb, retain_days=args.retain_days,
         record_audio=args.record_audio, allowed_dir=args.allowed_dir, gap_s=args.gap,
-        exit_when_done=args.exit_when_done, server=server,
+        exit_when_done=args.exit_when_done, server=server, dynamics=not args.no_dynamics,
+        dead_air_s=args.dead_air_s, split_roles=roles,
         ingest=IngestConfig(token=args.ingest_token, max_calls=args.max_calls,
                             idle_s=args.ingest_idle_s),
         max_streams=max(DaemonConfig.max_streams, 2 * args.max_calls + 8))  # 2 tracks a call
@@ -313,6 +328,9 @@ def _register_sessions(sub: Any) -> None:
         if name == "export":
             q.add_argument("--csv", action="store_true", default=True,
                            help="CSV, one row per window (the only format)")
+            q.add_argument("--dynamics", action="store_true",
+                           help="export the calls' conversation dynamics instead: one row per "
+                           "call per second (dynamics messages)")
             q.add_argument("-o", "--output", default=None, help="file (default stdout)")
 
 
@@ -363,7 +381,9 @@ def _sessions_show(args: argparse.Namespace) -> int:
 
 
 def _sessions_export(args: argparse.Namespace) -> int:
-    from streamer.sessionlog import export_csv, session_path
+    from streamer.sessionlog import export_csv, export_dynamics_csv, session_path
+
+    export = export_dynamics_csv if args.dynamics else export_csv
 
     try:
         path = session_path(args.sessions_dir, args.id)
@@ -372,8 +392,8 @@ def _sessions_export(args: argparse.Namespace) -> int:
         return 1
     if args.output:
         with open(args.output, "w", newline="", encoding="utf-8") as f:
-            n = export_csv(path, f)
+            n = export(path, f)
         print(f"{n} rows -> {args.output}", file=sys.stderr)
     else:
-        export_csv(path, sys.stdout)
+        export(path, sys.stdout)
     return 0

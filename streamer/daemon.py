@@ -34,6 +34,7 @@ from typing import Any
 
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
+from streamer.dynamics import CallDynamics
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.ingest import IngestConfig, IngestHub
 from streamer.observers import Observers
@@ -79,6 +80,11 @@ class DaemonConfig:
     # with an error; its thread is left behind (see guards.Detached).
     file_timeout_s: float = 30.0
     exit_when_done: bool = False  # stop once every stream has ended (tests, benchmarks)
+    # conversation dynamics of calls (streamer/dynamics.py): on/off, the silence that counts
+    # as dead air, and the roles of a split recording's channels (e.g. ("agent", "caller"))
+    dynamics: bool = True
+    dead_air_s: float = 10.0
+    split_roles: tuple[str | None, ...] = ()
     validate_outgoing: bool = True
     server: ServerConfig = field(default_factory=ServerConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)  # /ingest: calls pushed in
@@ -195,6 +201,9 @@ class Daemon:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             raise
+        if self.config.dynamics:  # conversation dynamics of calls
+            self.observers.items.append(CallDynamics.for_daemon(self.model.sample_rate,
+                                                                self.config))
         self._pending = Pending(self.config.max_pending_windows)
         if self.config.allowed_dir is not None:
             from streamer.sources import show_path
@@ -256,6 +265,8 @@ class Daemon:
             if st.state == "running":  # windows that did not make it in time: counted
                 st.dropped += st.pending
                 self._end_stream(sid, "shutdown", None)
+        for msg in self.observers.tick(time.time()):  # observers' last word (streams ended)
+            self._publish(msg)
         if self.server is not None:
             self._publish(self._status())
             await self.server.close()

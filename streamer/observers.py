@@ -28,7 +28,8 @@ class StreamObserver(Protocol):
         """The stream's last prediction has been published."""
 
     def tick(self, wall_time: float) -> list[dict[str, Any]]:
-        """Called about once a second; protocol messages to publish."""
+        """Called about once a second, and once more at shutdown after every stream has
+        ended; protocol messages to publish."""
 
 
 class Observers:

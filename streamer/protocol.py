@@ -152,18 +152,22 @@ _SIDE = {
         "talk_share_recent": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
                               "description": "the same over the last recent_s seconds"},
         "interruptions": {"type": "integer", "minimum": 0,
-                          "description": "times this side started talking over the other"},
+                          "description": "times this side cut in on the other (see "
+                          "docs/protocol.md: held 0.5 s, overlap 0.3 s, talk 1 s)"},
         "loudness_dbfs": {"type": ["number", "null"],
                           "description": "RMS level of the last interval's talk (null: silent)"},
         "loudness_trend_db_per_min": {"type": ["number", "null"],
                                       "description": "slope of talk loudness over the last "
                                       "trend_s seconds (null: too little talk)"},
-        "pitch_hz": {"type": ["number", "null"], "minimum": 0},
+        "pitch_hz": {"type": ["number", "null"], "minimum": 0,
+                     "description": "median F0 of the talk in the last trend_s seconds "
+                     "(null: under 1 s of voiced talk)"},
         "pitch_var_st": {"type": ["number", "null"], "minimum": 0,
-                         "description": "pitch variability, std in semitones"},
+                         "description": "pitch variability: std of F0 in semitones around "
+                         "pitch_hz, same span"},
         "rate_per_s": {"type": ["number", "null"], "minimum": 0,
-                       "description": "speaking-rate proxy: speech bursts (syllable-like "
-                       "energy peaks) per second of talk"},
+                       "description": "speaking-rate proxy: syllable-like energy peaks per "
+                       "second of talk in the last trend_s seconds (null: under 2 s of talk)"},
     },
     "required": ["stream", "role", "speaking", "talk_s", "talk_share", "interruptions",
                  "loudness_dbfs"],
@@ -333,18 +337,25 @@ SCHEMAS: dict[str, dict] = {
         "t_s": _NONNEG,
         "wall_time": _NUM,
         "interval_s": {"type": "number", "exclusiveMinimum": 0},
-        "recent_s": {"type": "number", "exclusiveMinimum": 0},
+        "recent_s": {"type": "number", "exclusiveMinimum": 0,
+                     "description": "the span of talk_share_recent"},
+        "trend_s": {"type": "number", "exclusiveMinimum": 0,
+                    "description": "the span of the loudness trend, pitch and speaking rate"},
         "sides": {"type": "array", "items": _SIDE, "minItems": 1, "maxItems": 2},
-        "overlap_s": _NONNEG,
-        "overlaps": _COUNT,
+        "overlap_s": {"type": "number", "minimum": 0,
+                      "description": "total time of the overlaps so far"},
+        "overlaps": {"type": "integer", "minimum": 0,
+                     "description": "stretches of both sides talking, at least 0.2 s each"},
         "silence_s": {"type": "number", "minimum": 0,
                       "description": "the current stretch with nobody talking"},
         "dead_air": {"type": "integer", "minimum": 0,
-                     "description": "silences longer than dead_air_s so far"},
+                     "description": "silences that reached dead_air_s so far"},
         "dead_air_s": {"type": "number", "exclusiveMinimum": 0},
         "longest_silence_s": _NONNEG,
-    }, ["call", "t_s", "wall_time", "interval_s", "sides", "overlap_s", "overlaps",
-        "silence_s", "dead_air", "dead_air_s", "longest_silence_s"]),
+        "final": {"type": "boolean",
+                  "description": "true on the call's last message (every side has ended)"},
+    }, ["call", "t_s", "wall_time", "interval_s", "recent_s", "trend_s", "sides", "overlap_s",
+        "overlaps", "silence_s", "dead_air", "dead_air_s", "longest_silence_s"]),
     "pong": _msg("pong", {
         "ref": _REF,
         "t": _NUM,
@@ -758,16 +769,20 @@ def ack(request: str, ref: str | int | None = None, stream: str | None = None,
 
 def dynamics(call: str, t_s: float, sides: Sequence[Mapping[str, Any]], overlap_s: float,
              overlaps: int, silence_s: float, dead_air: int, dead_air_s: float,
-             longest_silence_s: float, interval_s: float = 1.0, recent_s: float | None = None,
+             longest_silence_s: float, interval_s: float = 1.0, recent_s: float = 120.0,
+             trend_s: float = 20.0, final: bool | None = None,
              wall_time: float | None = None) -> dict:
-    """A call's conversation dynamics, once per interval: per side talk, interruptions,
-    loudness and pitch; for the call overlap and silences (``streamer/dynamics.py``)."""
+    """A call's conversation dynamics, once per second of call time: per side talk,
+    interruptions, loudness, pitch and rate; for the call overlap and silences
+    (``streamer/dynamics.py``). ``final`` only on the call's last message."""
     return _base("dynamics", call=call, t_s=float(t_s),
                  wall_time=_now() if wall_time is None else float(wall_time),
-                 interval_s=float(interval_s), recent_s=recent_s,
-                 sides=[dict(x) for x in sides], overlap_s=float(overlap_s),
-                 overlaps=int(overlaps), silence_s=float(silence_s), dead_air=int(dead_air),
-                 dead_air_s=float(dead_air_s), longest_silence_s=float(longest_silence_s))
+                 interval_s=float(interval_s), recent_s=float(recent_s),
+                 trend_s=float(trend_s), sides=[dict(x) for x in sides],
+                 overlap_s=float(overlap_s), overlaps=int(overlaps),
+                 silence_s=float(silence_s), dead_air=int(dead_air),
+                 dead_air_s=float(dead_air_s), longest_silence_s=float(longest_silence_s),
+                 final=True if final else None)
 
 
 def pong(ref: str | int | None = None, t: float | None = None) -> dict:
@@ -857,10 +872,10 @@ EXAMPLES: dict[str, dict] = {
              "pitch_var_st": 2.7, "rate_per_s": 3.9},
             {"stream": "CA5f2e-agent", "role": "agent", "speaking": False, "talk_s": 14.5,
              "talk_share": 0.44, "talk_share_recent": 0.39, "interruptions": 0,
-             "loudness_dbfs": None, "loudness_trend_db_per_min": -0.4, "pitch_hz": None,
+             "loudness_dbfs": None, "loudness_trend_db_per_min": -0.4, "pitch_hz": 118.0,
              "pitch_var_st": 1.9, "rate_per_s": 4.2}],
         overlap_s=2.1, overlaps=3, silence_s=0.0, dead_air=1, dead_air_s=10.0,
-        longest_silence_s=12.5, recent_s=120.0, wall_time=_EX_T0 + 3),
+        longest_silence_s=12.5, recent_s=120.0, trend_s=20.0, wall_time=_EX_T0 + 3),
     "subscribe": subscribe(["s1"], types=["prediction", "explanation", "status"], id="sub-1"),
     "replay": replay(path="tess/OAF_angry/OAF_back_angry.wav", speed=1.0, id="r1"),
     "stop_stream": stop_stream("s1", id="r3"),

@@ -233,6 +233,36 @@ def export_csv(path: str | Path, out: IO[str]) -> int:
     return len(preds)
 
 
+#: Call columns of the dynamics CSV, then these for each side as ``s1_<field>``, ``s2_<field>``
+#: (sides in the message's order: by channel, then caller before agent).
+DYNAMICS_CALL_COLUMNS = ("call", "t_s", "wall_time", "interval_s", "final", "overlap_s",
+                         "overlaps", "silence_s", "dead_air", "dead_air_s", "longest_silence_s")
+DYNAMICS_SIDE_COLUMNS = ("stream", "role", "speaking", "talk_s", "talk_share",
+                         "talk_share_recent", "interruptions", "loudness_dbfs",
+                         "loudness_trend_db_per_min", "pitch_hz", "pitch_var_st", "rate_per_s")
+DYNAMICS_MAX_SIDES = 2
+
+
+def export_dynamics_csv(path: str | Path, out: IO[str]) -> int:
+    """The calls' ``dynamics`` messages as CSV, one row per call per second (and the call's
+    final partial second); empty cells for null. Returns the number of rows."""
+    msgs = [m for m in read_session(path).messages if m.get("type") == "dynamics"]
+    writer = csv.writer(out)
+    writer.writerow([*DYNAMICS_CALL_COLUMNS, *(f"s{i + 1}_{c}" for i in range(DYNAMICS_MAX_SIDES)
+                                               for c in DYNAMICS_SIDE_COLUMNS)])
+    for m in msgs:
+        row = [_cell(m.get(c, False if c == "final" else None)) for c in DYNAMICS_CALL_COLUMNS]
+        sides = list(m.get("sides") or [])[:DYNAMICS_MAX_SIDES]
+        sides += [{}] * (DYNAMICS_MAX_SIDES - len(sides))
+        row += [_cell(side.get(c)) for side in sides for c in DYNAMICS_SIDE_COLUMNS]
+        writer.writerow(row)
+    return len(msgs)
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
 class AudioRecorder:
     """``--record-audio``: each stream's audio (model rate, mono) as FLAC in
     ``sessions/<session-id>/<stream>.flac``."""
