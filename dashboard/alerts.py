@@ -1,9 +1,17 @@
-"""Alert rules over a stream of emotion predictions: pure Python, so they are unit-tested
-without Streamlit and behave the same live and when a past session is reviewed.
+"""Alert rules over a stream of emotion predictions, and over a call's conversation dynamics:
+pure Python, so they are unit-tested without Streamlit and behave the same live and when a
+past session is reviewed.
 
-Time is stream time (the windows' ``t_end``), not wall time, so a replay at 10x speed raises
-the same alerts as the live call did. Unvoiced windows carry no probabilities: they neither
-raise nor clear an alert, but a long silence breaks a "sustained" run.
+Time is stream time (the windows' ``t_end``; a dynamics message's ``t_s``), not wall time, so
+a replay at 10x speed raises the same alerts as the live call did. Unvoiced windows carry no
+probabilities: they neither raise nor clear an alert, but a long silence breaks a "sustained"
+run.
+
+Two kinds of rule: emotion rules (``SustainedHigh``, ``SustainedFall``) see one stream's
+windows (``AlertEngine.observe``); dynamics rules (``LoudnessRising``, ``TalkShareAbove``,
+``DeadAir``) see a call's ``dynamics`` messages (``AlertEngine.observe_call``). A side rule's
+alert is on that side's stream key, a call rule's on the call key, so ``active()`` pairs name
+what a banner or a wallboard tile shows either way. A call's final message clears its alerts.
 """
 
 from __future__ import annotations
@@ -11,14 +19,26 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Alert",
     "AlertEngine",
+    "CallObservation",
+    "DeadAir",
+    "LoudnessRising",
     "Observation",
+    "SideObservation",
     "SustainedFall",
     "SustainedHigh",
+    "TalkShareAbove",
 ]
+
+#: Who a dynamics side rule watches: a call role, or either side.
+ANY_SIDE = "any"
+SIDE_CHOICES = ("caller", "agent", ANY_SIDE)
+#: Dynamics messages come once a second; a longer hole breaks a "held for" run.
+MAX_DYNAMICS_GAP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,8 +52,32 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class SideObservation:
+    """One side of a call in a dynamics message: its stream key (as the Store names it), role
+    and fields (``talk_s``, ``loudness_trend_db_per_min``, ...: docs/protocol.md)."""
+
+    stream: str
+    role: str | None
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CallObservation:
+    """What a dynamics rule sees of one ``dynamics`` message: call time, the call's fields
+    (``silence_s``, ``overlaps``, ...), its sides, and whether it is the call's last."""
+
+    t: float
+    wall: float
+    values: Mapping[str, Any]
+    sides: tuple[SideObservation, ...]
+    final: bool = False
+
+
+@dataclass(frozen=True)
 class Alert:
-    """One raised alert: which rule, on which stream, when (stream and wall time), and why."""
+    """One raised alert: which rule, on which stream (or call), when (stream and wall time),
+    and why. ``emotion`` is the emotion, or for a dynamics rule what it measures; ``call``
+    is the call key for dynamics rules."""
 
     rule: str
     stream: str
@@ -42,6 +86,7 @@ class Alert:
     emotion: str
     message: str
     severity: str = "warning"
+    call: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +229,176 @@ class _FallState:
     fired: bool = False
 
 
-Rule = SustainedHigh | SustainedFall
+def _side_matches(role: str, side: SideObservation) -> bool:
+    return role == ANY_SIDE or side.role == role
+
+
+def _check_role(role: str) -> None:
+    if role not in SIDE_CHOICES:
+        raise ValueError(f"role must be one of {SIDE_CHOICES}, got {role!r}")
+
+
+@dataclass
+class _Held:
+    """A condition's run: since when it holds, when last seen, whether it has fired."""
+
+    start_t: float | None = None
+    last_t: float | None = None
+    fired: bool = False
+
+    def reset(self) -> None:
+        self.start_t = self.last_t = None
+        self.fired = False
+
+
+@dataclass(frozen=True)
+class LoudnessRising:
+    """A side's talk is getting louder: its loudness trend (the daemon's slope over the last
+    ``trend_s``, 20 s) at or above ``min_slope_db_per_min`` in every message for ``for_s``
+    seconds. Clears when the trend falls below it or has no value (the side went quiet)."""
+
+    role: str = "caller"
+    min_slope_db_per_min: float = 6.0
+    for_s: float = 5.0
+    severity: str = "warning"
+    scope = "side"
+
+    def __post_init__(self) -> None:
+        _check_role(self.role)
+        if self.min_slope_db_per_min <= 0 or self.for_s < 0:
+            raise ValueError("min_slope_db_per_min must be > 0 and for_s >= 0")
+
+    @property
+    def name(self) -> str:
+        return (f"{self.role} loudness rising >= {self.min_slope_db_per_min:g} dB/min "
+                f"for {self.for_s:g} s")
+
+    def new_state(self) -> _Held:
+        return _Held()
+
+    def update(self, state: _Held, call: str, side: SideObservation,
+               obs: CallObservation) -> list[Alert]:
+        slope = side.values.get("loudness_trend_db_per_min")
+        if state.last_t is not None and obs.t - state.last_t > MAX_DYNAMICS_GAP_S:
+            state.reset()
+        if slope is None or slope < self.min_slope_db_per_min:
+            state.reset()
+            return []
+        if state.start_t is None:
+            state.start_t = obs.t
+        state.last_t = obs.t
+        held = obs.t - state.start_t
+        if state.fired or held < self.for_s:
+            return []
+        state.fired = True
+        level = side.values.get("loudness_dbfs")
+        now = f", now {level:.0f} dBFS" if level is not None else ""
+        return [Alert(rule=self.name, stream=side.stream, t=obs.t, wall=obs.wall,
+                      emotion="loudness", severity=self.severity, call=call,
+                      message=f"{side.role or 'side'} getting louder: {slope:+.0f} dB/min "
+                              f"for {held:.0f} s{now}")]
+
+    def active(self, state: _Held) -> bool:
+        return state.fired
+
+
+@dataclass
+class _ShareState:
+    points: deque[tuple[float, float, float]] = field(default_factory=deque)  # t, side, all
+    fired: bool = False
+
+
+@dataclass(frozen=True)
+class TalkShareAbove:
+    """A side did more than ``share`` of the talking over the last ``over_s`` seconds of the
+    call (from the messages' cumulative ``talk_s``, so any span works, not only the
+    daemon's ``recent_s``). Needs the whole span and ``min_talk_s`` of talk in it; clears
+    when the share is back at or below ``share``."""
+
+    role: str = "agent"
+    share: float = 0.8
+    over_s: float = 120.0
+    min_talk_s: float = 10.0
+    severity: str = "warning"
+    scope = "side"
+
+    def __post_init__(self) -> None:
+        _check_role(self.role)
+        if not 0.0 < self.share < 1.0 or self.over_s <= 0 or self.min_talk_s < 0:
+            raise ValueError("share must be in (0, 1), over_s > 0 and min_talk_s >= 0")
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} talk share > {self.share:.0%} over {self.over_s:g} s"
+
+    def new_state(self) -> _ShareState:
+        return _ShareState()
+
+    def update(self, state: _ShareState, call: str, side: SideObservation,
+               obs: CallObservation) -> list[Alert]:
+        total = sum(float(s.values.get("talk_s") or 0.0) for s in obs.sides)
+        state.points.append((obs.t, float(side.values.get("talk_s") or 0.0), total))
+        start = obs.t - self.over_s
+        while len(state.points) > 1 and state.points[1][0] <= start:
+            state.points.popleft()
+        t0, mine0, all0 = state.points[0]
+        talked = total - all0
+        holds = False
+        if t0 <= start + 0.5 and talked >= self.min_talk_s:  # the whole span, enough talk
+            part = (state.points[-1][1] - mine0) / talked
+            holds = part > self.share
+        if not holds:
+            state.fired = False
+            return []
+        if state.fired:
+            return []
+        state.fired = True
+        return [Alert(rule=self.name, stream=side.stream, t=obs.t, wall=obs.wall,
+                      emotion="talk share", severity=self.severity, call=call,
+                      message=f"{side.role or 'side'} did {part:.0%} of the talking over the "
+                              f"last {self.over_s:g} s")]
+
+    def active(self, state: _ShareState) -> bool:
+        return state.fired
+
+
+@dataclass(frozen=True)
+class DeadAir:
+    """Nobody on the call has talked for ``min_s`` seconds (the call's ``silence_s``).
+    Raised once per silence; clears when someone talks."""
+
+    min_s: float = 15.0
+    severity: str = "warning"
+    scope = "call"
+
+    def __post_init__(self) -> None:
+        if self.min_s <= 0:
+            raise ValueError("min_s must be > 0")
+
+    @property
+    def name(self) -> str:
+        return f"dead air > {self.min_s:g} s"
+
+    def new_state(self) -> _Held:
+        return _Held()
+
+    def update(self, state: _Held, call: str, obs: CallObservation) -> list[Alert]:
+        silence = float(obs.values.get("silence_s") or 0.0)
+        if silence < self.min_s:
+            state.fired = False
+            return []
+        if state.fired:
+            return []
+        state.fired = True
+        return [Alert(rule=self.name, stream=call, t=obs.t, wall=obs.wall, emotion="dead air",
+                      severity=self.severity, call=call,
+                      message=f"dead air: nobody has talked for {silence:.0f} s")]
+
+    def active(self, state: _Held) -> bool:
+        return state.fired
+
+
+Rule = SustainedHigh | SustainedFall | LoudnessRising | TalkShareAbove | DeadAir
 
 
 class AlertEngine:
@@ -213,12 +427,47 @@ class AlertEngine:
         self._last_t[stream] = obs.t_end
         raised: list[Alert] = []
         for i, rule in enumerate(self.rules):
+            if getattr(rule, "scope", "stream") != "stream":
+                continue  # a dynamics rule: observe_call
             key = (i, stream)
             if key not in self._state:
                 self._state[key] = rule.new_state()
             raised.extend(rule.update(self._state[key], stream, obs))  # type: ignore[arg-type]
         self.log.extend(raised)
         return raised
+
+    def observe_call(self, call: str, obs: CallObservation) -> list[Alert]:
+        """Feed one dynamics message of the call keyed ``call``; returns the alerts it raised.
+        Side rules keep state per side (by stream key), call rules per call. Call time going
+        backwards starts the call's rule state afresh; its final message clears it."""
+        keys = [call, *(s.stream for s in obs.sides)]
+        last = self._last_t.get(call)
+        if last is not None and obs.t < last - 1e-6:
+            for key in keys:
+                self._forget(key)
+        self._last_t[call] = obs.t
+        raised: list[Alert] = []
+        for i, rule in enumerate(self.rules):
+            scope = getattr(rule, "scope", "stream")
+            if scope == "call":
+                state = self._state.setdefault((i, call), rule.new_state())
+                raised.extend(rule.update(state, call, obs))  # type: ignore[call-arg,arg-type]
+            elif scope == "side":
+                for side in obs.sides:
+                    if _side_matches(rule.role, side):  # type: ignore[union-attr]
+                        state = self._state.setdefault((i, side.stream), rule.new_state())
+                        raised.extend(rule.update(state, call, side, obs))  # type: ignore
+        self.log.extend(raised)
+        if obs.final:
+            for key in keys:
+                self._forget(key, dynamics_only=True)
+            self._last_t.pop(call, None)
+        return raised
+
+    def _forget(self, key: str, dynamics_only: bool = False) -> None:
+        for k in [k for k in self._state if k[1] == key]:
+            if not dynamics_only or getattr(self.rules[k[0]], "scope", "stream") != "stream":
+                del self._state[k]
 
     def reset_stream(self, stream: str) -> None:
         for key in [k for k in self._state if k[1] == stream]:

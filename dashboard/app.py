@@ -21,7 +21,16 @@ from typing import Any
 import streamlit as st
 
 from dashboard import figures, wallboard
-from dashboard.alerts import Alert, AlertEngine, SustainedFall, SustainedHigh
+from dashboard.alerts import (
+    SIDE_CHOICES,
+    Alert,
+    AlertEngine,
+    DeadAir,
+    LoudnessRising,
+    SustainedFall,
+    SustainedHigh,
+    TalkShareAbove,
+)
 from dashboard.client import DEFAULT_URL, Feed
 from dashboard.replay import DEFAULT_MAX_UPLOAD_BYTES, SPEEDS, check_path, check_upload
 from dashboard.session import Session, list_sessions, predictions_csv, read_session
@@ -114,11 +123,28 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
                                     index=classes.index("happy") if "happy" in classes else 0)
         drop = st.slider("Falls by", 0.1, 0.9, 0.3, 0.05, format="%.2f")
         span = st.number_input("Compared over (seconds)", 2.0, 300.0, 10.0, 1.0)
+        st.caption("Calls (conversation dynamics)")
+        loud_on = st.checkbox("Loudness rising", value=True)
+        loud_role = st.selectbox("Whose loudness", SIDE_CHOICES, index=0)
+        loud_slope = st.number_input("Rising by at least (dB/min)", 1.0, 120.0, 6.0, 1.0)
+        loud_for = st.number_input("Held for (seconds)", 0.0, 300.0, 5.0, 1.0)
+        share_on = st.checkbox("Talk share above", value=True)
+        share_role = st.selectbox("Whose talk share", SIDE_CHOICES, index=1)
+        share = st.slider("Share above", 0.5, 0.95, 0.8, 0.05, format="%.2f")
+        share_over = st.number_input("Over the last (seconds)", 10.0, 3600.0, 120.0, 10.0)
+        dead_on = st.checkbox("Dead air", value=True)
+        dead_min = st.number_input("Nobody talks for (seconds)", 1.0, 600.0, 15.0, 1.0)
     rules: list[Any] = []
     if high_on and emotions:
         rules.append(SustainedHigh(tuple(emotions), threshold=threshold, min_duration_s=duration))
     if fall_on:
         rules.append(SustainedFall(fall_emotion, drop=drop, span_s=span))
+    if loud_on:
+        rules.append(LoudnessRising(loud_role, min_slope_db_per_min=loud_slope, for_s=loud_for))
+    if share_on:
+        rules.append(TalkShareAbove(share_role, share=share, over_s=share_over))
+    if dead_on:
+        rules.append(DeadAir(min_s=dead_min))
     with feed.store.lock:
         if rules != feed.store.alerts.rules:
             feed.store.alerts.set_rules(rules)

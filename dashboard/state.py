@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboard.alerts import Alert, AlertEngine, Observation
+from dashboard.alerts import Alert, AlertEngine, CallObservation, Observation, SideObservation
 
 # About 10 minutes of history per stream at the default 0.5 s hop.
 DEFAULT_MAX_PREDICTIONS = 1200
@@ -23,6 +23,10 @@ DEFAULT_MAX_EXPLANATIONS = 20
 DEFAULT_MAX_EVENTS = 200
 # Ended streams beyond this many are forgotten, oldest first (a day of replays stays bounded).
 MAX_ENDED_STREAMS = 16
+# A call's dynamics history: 10 minutes at one message a second. Ended calls beyond
+# MAX_ENDED_CALLS are forgotten, oldest first.
+DEFAULT_MAX_DYNAMICS = 600
+MAX_ENDED_CALLS = 16
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,22 @@ class StreamData:
 
 
 @dataclass
+class CallData:
+    """A call's conversation dynamics (``dynamics`` messages; docs/protocol.md). ``key`` is
+    unique across daemons, like a stream's; ``streams`` are its sides' stream keys (in
+    ``Store.streams``), in the messages' side order."""
+
+    key: str
+    source: str
+    call_id: str
+    latest: dict[str, Any] = field(default_factory=dict)  # the last dynamics message
+    history: deque[dict[str, Any]] = field(default_factory=deque)  # bounded, oldest first
+    streams: list[str] = field(default_factory=list)
+    ended: bool = False  # its final message came
+    last_seen: float = 0.0
+
+
+@dataclass
 class SourceState:
     """One daemon connection as the user sees it."""
 
@@ -124,6 +144,8 @@ class Store:
         self.rejected = 0
         # Replies to this dashboard's own requests, by request id (bounded).
         self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Calls' conversation dynamics, by call key (see CallData and `call_of`).
+        self.calls: dict[str, CallData] = {}
         # Views that keep an aggregate of their own (dashboard.calls.CallBoard) see every
         # message, under the lock.
         self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
@@ -176,6 +198,8 @@ class Store:
             src.last_message_at = time.time()
             if kind == "prediction":
                 return self._prediction(source, msg)
+            if kind == "dynamics":
+                return self._dynamics(source, msg)
             if kind == "explanation":
                 self._stream(source, str(msg["stream"])).explanations.append(dict(msg))
             elif kind == "hello":
@@ -221,8 +245,43 @@ class Store:
                 explanations=deque(maxlen=self.max_explanations),
             )
             self.alerts.reset_stream(key)
+        for key in [k for k, c in self.calls.items() if c.source == source]:
+            self.alerts.reset_stream(key)
+            del self.calls[key]
         self.events.append((time.time(), "warning",
                             f"{_short(source)}: daemon restarted (session {session_id})"))
+
+    def _dynamics(self, source: str, msg: Mapping[str, Any]) -> list[Alert]:
+        """A call's dynamics: kept per call (latest, bounded history, member streams) and
+        run through the dynamics alert rules."""
+        key = self.stream_key(source, str(msg["call"]))
+        data = self.calls.get(key)
+        if data is None:
+            ended = sorted((c for c in self.calls.values() if c.ended),
+                           key=lambda c: c.last_seen)
+            for old in ended[:max(0, len(ended) - MAX_ENDED_CALLS + 1)]:
+                del self.calls[old.key]
+                self.alerts.reset_stream(old.key)
+            data = self.calls[key] = CallData(key, source, str(msg["call"]),
+                                              history=deque(maxlen=DEFAULT_MAX_DYNAMICS))
+        sides = [(self._stream(source, str(s["stream"])).key, s) for s in msg["sides"]]
+        data.latest = dict(msg)
+        data.history.append(data.latest)
+        data.streams = [k for k, _ in sides]
+        data.ended = bool(msg.get("final"))
+        data.last_seen = time.time()
+        obs = CallObservation(
+            t=float(msg["t_s"]), wall=float(msg["wall_time"]), final=data.ended,
+            values={k: v for k, v in msg.items() if k != "sides"},
+            sides=tuple(SideObservation(k, s.get("role"), dict(s)) for k, s in sides))
+        return self.alerts.observe_call(key, obs)
+
+    def call_of(self, key: str) -> str | None:
+        """The call key of a call key or of one of its sides' stream keys; else None."""
+        with self.lock:
+            if key in self.calls:
+                return key
+            return next((c.key for c in self.calls.values() if key in c.streams), None)
 
     def _stream_info(self, source: str, info: Mapping[str, Any]) -> StreamData:
         data = self._stream(source, str(info["stream"]))
@@ -322,6 +381,19 @@ class View:
     active_alerts: list[tuple[str, str]]
     alert_log: list[Alert]
     events: list[tuple[float, str, str]]
+    calls: dict[str, CallView] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallView:
+    """A copy of one call's dynamics for drawing: the latest message, its member streams'
+    keys, and whether it has ended."""
+
+    key: str
+    call_id: str
+    latest: dict[str, Any]
+    streams: list[str]
+    ended: bool
 
 
 def snapshot(store: Store) -> View:
@@ -344,4 +416,6 @@ def snapshot(store: Store) -> View:
             taken_at=time.time(), sources=[copy(s) for s in store.sources.values()],
             streams=streams, classes=classes, active_alerts=store.alerts.active(),
             alert_log=list(store.alerts.log), events=list(store.events),
+            calls={k: CallView(k, c.call_id, dict(c.latest), list(c.streams), c.ended)
+                   for k, c in store.calls.items()},
         )
