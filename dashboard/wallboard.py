@@ -11,6 +11,7 @@ history entry, so the Back button returns to the wallboard.
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from collections.abc import Sequence
@@ -121,8 +122,13 @@ export default function(component) {
 }
 """
 
-_component = st.components.v2.component("emotion_monitor.wallboard", css=CSS, js=JS,
-                                        isolate_styles=False)
+
+
+@functools.cache
+def _component() -> Any:
+    """Registered on first use, inside a script run (at import it would warn in tests)."""
+    return st.components.v2.component("emotion_monitor.wallboard", css=CSS, js=JS,
+                                      isolate_styles=False)
 
 
 # ----------------------------------------------------------------------------- Streamlit
@@ -168,7 +174,7 @@ def _board(feed: Feed) -> None:
     data = board_data(tiles)
     data["build_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
     data["built"] = round(time.time() * 1000.0)
-    result = _component(data=data, key="wallboard", on_open_change=lambda: None)
+    result = _component()(data=data, key="wallboard", on_open_change=lambda: None)
     clicked = getattr(result, "open", None)
     if clicked:
         open_call(str(clicked))

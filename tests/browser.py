@@ -34,6 +34,18 @@ def find_chromium() -> str | None:
     return None
 
 
+def require_chromium() -> str:
+    """Chromium's path for a test; skips where it is missing, but fails in CI (env CI set)."""
+    import pytest
+
+    path = find_chromium()
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is not installed (Debian package `chromium`); CI must run this")
+    pytest.skip("Chromium is not installed (apt-get install chromium)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

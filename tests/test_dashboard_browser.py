@@ -13,7 +13,6 @@ import asyncio
 import base64
 import gzip
 import json
-import os
 import re
 import signal
 import socket
@@ -31,24 +30,15 @@ from tests.browser import (
     CHROMIUM_FLAGS,
     DevTools,
     Output,
-    find_chromium,
     free_port,
     page_websocket,
+    require_chromium,
     stop,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def chromium_binary() -> str:
-    path = find_chromium()
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail("Chromium is not installed (Debian package `chromium`); CI must run this")
-    pytest.skip("Chromium is not installed (apt-get install chromium)")
 
 
 # What the test reads from the page: visible text and the Plotly charts' traces.
@@ -70,7 +60,7 @@ PAGE_STATE_JS = """
 def test_demo_live_page_in_headless_chromium(tiny_model_path: Path, tmp_path: Path) -> None:
     """`emotion-monitor demo` (daemon replaying the bundled TESS example stream + dashboard),
     looked at by Chromium, then stopped with SIGTERM: both children must go, cleanly."""
-    chrome = chromium_binary()
+    chrome = require_chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     sessions = tmp_path / "sessions"
     port = free_port()
