@@ -541,7 +541,6 @@ def main() -> None:
     st.html(PAGE_CSS)
     cfg = config()
     feed = get_feed(cfg)
-    wallboard.get_board(feed)  # listens from the start: tiles need the calls' dynamics
     opts = sidebar(cfg, feed)
     st.sidebar.download_button("⬇ Export live buffer as CSV", data=lambda: live_csv(feed),
                                file_name="emotion-monitor-live.csv", mime="text/csv")

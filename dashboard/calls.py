@@ -4,8 +4,9 @@ are unit-tested on their own.
 
 A call is the set of streams whose ``info["call"]["id"]`` match (protocol v1: one stream per
 side, ``role`` "caller" | "agent" | null); its conversation dynamics arrive once a second as
-``dynamics`` messages. `CallBoard` folds those messages in (`apply`) and turns the Store's
-streams, their recent predictions, the latest dynamics and the active alerts into `Tile` rows.
+``dynamics`` messages, which the Store keeps per call (``Store.calls``). `tiles` turns the
+Store's streams, their recent predictions, the calls' latest dynamics and the active alerts
+(on a side's stream, or on the call itself for the dynamics rules) into `Tile` rows.
 
 Definitions (also in docs/dashboard.md):
 
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dashboard.state import Prediction, Store, StreamData
+from dashboard.state import CallData, Prediction, Store, StreamData
 
 NEGATIVE_EMOTIONS = ("angry", "disgust", "fear", "sad")
 TREND_WINDOW_S = 30.0
@@ -165,64 +166,49 @@ def order(tiles: Iterable[Tile]) -> list[Tile]:
 
 # ----------------------------------------------------------------------------- the board
 
-class CallBoard:
-    """Builds the wallboard's tiles from a `Store`.
-
-    The latest ``dynamics`` message of each call is kept here (`apply`, fed by the Store's
-    listeners), so the board works whether or not the Store keeps dynamics itself.
-    """
-
-    def __init__(self) -> None:
-        self.dynamics: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def apply(self, source: str, msg: Mapping[str, Any]) -> None:
-        """Fold one protocol message in: the latest dynamics per call; a daemon's new session
-        forgets that daemon's calls."""
-        kind = msg.get("type")
-        if kind == "dynamics":
-            self.dynamics[(source, str(msg["call"]))] = dict(msg)
-        elif kind == "hello":
-            for key in [k for k in self.dynamics if k[0] == source]:
-                del self.dynamics[key]
-
-    def attach(self, store: Store) -> None:
-        """Listen to ``store``'s messages (idempotent)."""
-        with store.lock:
-            if self.apply not in store.listeners:
-                store.listeners.append(self.apply)
-
-    def tiles(self, store: Store, live_only: bool = True) -> list[Tile]:
-        """Every call with a running stream (every call, with ``live_only=False``), ordered."""
-        with store.lock:
-            active = _active_alerts(store)
-            tiles = [self._tile(store, source, call_id, members, active)
-                     for (source, call_id), members in calls_of(store.streams.values()).items()
-                     if not (live_only and all(d.ended for d in members))]
-        return order(tiles)
-
-    def tile(self, store: Store, key: str) -> Tile | None:
-        """The tile a key names (live or not), built alone; None if no such call."""
-        with store.lock:
-            for (source, call_id), members in calls_of(store.streams.values()).items():
-                if store.stream_key(source, call_id) == key:
-                    return self._tile(store, source, call_id, members, _active_alerts(store))
-        return None
-
-    def _tile(self, store: Store, source: str, call_id: str, members: list[StreamData],
-              active: Mapping[str, list[TileAlert]]) -> Tile:
-        key = store.stream_key(source, call_id)  # prefixed by the daemon when several
-        return _tile(key, source, call_id, members, self.dynamics.get((source, call_id)),
-                     active)
+def tiles(store: Store, live_only: bool = True) -> list[Tile]:
+    """Every live call's tile (every call's, with ``live_only=False``), in board order."""
+    with store.lock:
+        active = _active_alerts(store)
+        out = [_tile(key, source, call_id, members, store.calls.get(key), active)
+               for key, (source, call_id, members) in calls_of(store).items()
+               if not (live_only and _ended(store.calls.get(key), members))]
+    return order(out)
 
 
-def calls_of(streams: Iterable[StreamData]) -> dict[tuple[str, str], list[StreamData]]:
-    """Streams that are sides of a call, grouped by (daemon, call id)."""
-    out: dict[tuple[str, str], list[StreamData]] = {}
-    for d in streams:
+def tile(store: Store, key: str) -> Tile | None:
+    """The tile of the call ``key`` names (live or not), built alone; None if unknown."""
+    with store.lock:
+        found = calls_of(store).get(key)
+        if found is None:
+            return None
+        source, call_id, members = found
+        return _tile(key, source, call_id, members, store.calls.get(key), _active_alerts(store))
+
+
+def calls_of(store: Store) -> dict[str, tuple[str, str, list[StreamData]]]:
+    """Calls by key (the Store's call key: the call id, prefixed by the daemon when several):
+    (daemon, call id, side streams). A stream is a side by its ``info["call"]``, or by being
+    named in the call's dynamics. Call under the store's lock."""
+    out: dict[str, tuple[str, str, list[StreamData]]] = {}
+    for d in store.streams.values():
         call = d.info.get("call")
         if isinstance(call, Mapping) and call.get("id"):
-            out.setdefault((d.source, str(call["id"])), []).append(d)
+            call_id = str(call["id"])
+            out.setdefault(store.stream_key(d.source, call_id), (d.source, call_id, []))[2] \
+                .append(d)
+    for key, c in store.calls.items():
+        members = out.setdefault(key, (c.source, c.call_id, []))[2]
+        for stream_key in c.streams:
+            d = store.streams.get(stream_key)
+            if d is not None and all(d is not m for m in members):
+                members.append(d)
     return out
+
+
+def _ended(call: CallData | None, members: list[StreamData]) -> bool:
+    """Over: its last dynamics said so, or every side's stream has ended."""
+    return (call is not None and call.ended) or all(d.ended for d in members)
 
 
 def _active_alerts(store: Store) -> dict[str, list[TileAlert]]:
@@ -238,18 +224,23 @@ def _active_alerts(store: Store) -> dict[str, list[TileAlert]]:
     return out
 
 
-def _roles(members: list[StreamData]) -> dict[str, StreamData]:
-    """caller/agent -> stream; a side without a role fills the free slot (caller first); of
-    two streams with one role (a call re-forked), the running, most recent one."""
+def _roles(members: list[StreamData], dyn_roles: Mapping[str, Any]) -> dict[str, StreamData]:
+    """caller/agent -> stream, by the stream's ``info["call"]["role"]`` or else its role in
+    the dynamics; a side without a role fills the free slot (caller first); of two streams
+    with one role (a call forked again), the running, most recent one."""
     ranked = sorted(members, key=lambda d: (d.ended is None, d.last_seen,
                                             d.info.get("started_wall", 0.0)))
+
+    def role_of(d: StreamData) -> Any:
+        return (d.info.get("call") or {}).get("role") or dyn_roles.get(d.stream_id)
+
     out: dict[str, StreamData] = {}
     for d in reversed(ranked):
-        role = (d.info.get("call") or {}).get("role")
+        role = role_of(d)
         if role in ROLES and role not in out:
             out[role] = d
     for d in reversed(ranked):
-        role = (d.info.get("call") or {}).get("role")
+        role = role_of(d)
         if role not in ROLES and all(d is not v for v in out.values()):
             free = next((r for r in ROLES if r not in out), None)
             if free is not None:
@@ -258,9 +249,10 @@ def _roles(members: list[StreamData]) -> dict[str, StreamData]:
 
 
 def _tile(key: str, source: str, call_id: str, members: list[StreamData],
-          dyn: Mapping[str, Any] | None, active: Mapping[str, list[TileAlert]]) -> Tile:
+          call: CallData | None, active: Mapping[str, list[TileAlert]]) -> Tile:
+    dyn = call.latest if call is not None and call.latest else None
     sides_dyn = {str(s.get("stream")): s for s in (dyn or {}).get("sides") or []}
-    roles = _roles(members)
+    roles = _roles(members, {k: s.get("role") for k, s in sides_dyn.items()})
     summary = {role: _side(d, role, sides_dyn.get(d.stream_id)) for role, d in roles.items()}
     ordered = [roles[r] for r in ROLES if r in roles]
     ordered += [d for d in members if all(d is not o for o in ordered)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,9 +146,6 @@ class Store:
         self.replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Calls' conversation dynamics, by call key (see CallData and `call_of`).
         self.calls: dict[str, CallData] = {}
-        # Views that keep an aggregate of their own (dashboard.calls.CallBoard) see every
-        # message, under the lock.
-        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
 
     # -- keys --------------------------------------------------------------------------------
     def stream_key(self, source: str, stream_id: str) -> str:
@@ -192,8 +189,6 @@ class Store:
         kind = msg.get("type")
         with self.lock:
             self.messages += 1
-            for listener in self.listeners:
-                listener(source, msg)
             src = self.source(source)
             src.last_message_at = time.time()
             if kind == "prediction":

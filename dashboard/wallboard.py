@@ -1,6 +1,6 @@
 """The wallboard: one tile per live call for a supervisor watching a floor.
 
-Tiles are built by `dashboard.calls.CallBoard` (pure Python: definitions and order) and drawn
+Tiles are built by `dashboard.calls.tiles` (pure Python: definitions and order) and drawn
 here as HTML into one Streamlit component (``st.components.v2``, no iframe): 100 tiles are a
 few hundred kilobytes of HTML a second, while 100 Plotly figures would be 100 elements to
 diff and lay out. The component's script updates only the tiles whose HTML changed, keeps
@@ -19,7 +19,8 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.calls import SPARK_WINDOW_S, CallBoard, Side, Tile, severity_rank
+from dashboard import calls
+from dashboard.calls import SPARK_WINDOW_S, Side, Tile, severity_rank
 from dashboard.client import Feed
 from dashboard.figures import EMOTION_ICONS
 
@@ -133,16 +134,6 @@ def _component() -> Any:
 
 # ----------------------------------------------------------------------------- Streamlit
 
-def get_board(feed: Feed) -> CallBoard:
-    """This browser session's board, listening to its feed's store (a new feed after
-    Reconnect gets it attached too)."""
-    board = st.session_state.get("callboard")
-    if board is None:
-        board = st.session_state.callboard = CallBoard()
-    board.attach(feed.store)
-    return board
-
-
 def page(feed: Feed) -> None:
     """The wallboard page: redrawn every `REFRESH_S` by a fragment."""
     st.fragment(run_every=REFRESH_S)(_board)(feed)
@@ -159,8 +150,7 @@ def show_wallboard() -> None:
 
 def _board(feed: Feed) -> None:
     t0 = time.perf_counter()
-    board = get_board(feed)
-    tiles = board.tiles(feed.store)
+    tiles = calls.tiles(feed.store)
     with feed.store.lock:
         sources = [(s.url, s.state, s.detail) for s in feed.store.sources.values()]
     st.caption(sources_line(sources))
@@ -191,8 +181,7 @@ def call_header(feed: Feed, key: str) -> list[str]:
     """Above the live page's cards when it was opened from a tile: which call, its dynamics,
     and the way back (its alerts are in the page's banner). Returns the call's stream keys
     ([] if unknown)."""
-    board = get_board(feed)
-    tile = board.tile(feed.store, key)
+    tile = calls.tile(feed.store, key)
     left, right = st.columns([6, 1], vertical_alignment="center")
     if right.button("← Wallboard", key="back-to-wallboard",
                     help="Back to all calls (the browser's Back button works too)."):

@@ -15,19 +15,20 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import wallboard
-from dashboard.alerts import Observation, SustainedFall, SustainedHigh
+from dashboard.alerts import DeadAir, SustainedFall, SustainedHigh
 from dashboard.app import parse_args
 from dashboard.calls import (
     NEGATIVE_EMOTIONS,
-    CallBoard,
     Side,
     Tile,
     TileAlert,
     negative_mass,
     order,
     slope_per_min,
+    tiles,
     trend,
 )
+from dashboard.calls import tile as call_tile
 from dashboard.client import Feed
 from dashboard.state import Prediction
 from streamer import protocol
@@ -70,14 +71,12 @@ def neg_probs(negative: float) -> dict[str, float]:
     return {**{c: 0.0 for c in CLASSES}, "sad": negative, "neutral": 1.0 - negative}
 
 
-def feed_with(*msgs: dict, rules: list | None = None) -> tuple[Feed, CallBoard]:
+def feed_with(*msgs: dict, rules: list | None = None) -> Feed:
     feed = Feed([URL])
     feed.store.alerts.set_rules(rules if rules is not None else [])
-    board = CallBoard()
-    board.attach(feed.store)
     for m in msgs:
         feed.inject(URL, m)
-    return feed, board
+    return feed
 
 
 def side(**kw: object) -> Side:
@@ -86,7 +85,7 @@ def side(**kw: object) -> Side:
     return Side(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def tile(key: str, severity: str | None = None, trend_: float | None = None,
+def make_tile(key: str, severity: str | None = None, trend_: float | None = None,
          negative: float | None = None, duration_s: float = 60.0) -> Tile:
     alerts = () if severity is None else (TileAlert("r", severity, key, "m"),)
     return Tile(key=key, call_id=key, source=URL, streams=(key,),
@@ -128,21 +127,22 @@ def test_trend_reads_only_the_last_30_s_of_voiced_windows() -> None:
 
 def test_order_severity_first_then_rising_caller_trend() -> None:
     tiles = [
-        tile("none-flat", trend_=0.0, negative=0.9),
-        tile("none-rising", trend_=0.4, negative=0.2),
-        tile("none-no-trend", trend_=None, negative=0.95),
-        tile("warning-falling", "warning", trend_=-0.5),
-        tile("critical", "critical", trend_=-0.9),
-        tile("info", "info", trend_=0.1),
-        tile("none-falling", trend_=-0.3),
-        tile("warning-rising", "warning", trend_=0.2),
-        tile("none-flat-calm", trend_=0.0, negative=0.1),
+        make_tile("none-flat", trend_=0.0, negative=0.9),
+        make_tile("none-rising", trend_=0.4, negative=0.2),
+        make_tile("none-no-trend", trend_=None, negative=0.95),
+        make_tile("warning-falling", "warning", trend_=-0.5),
+        make_tile("critical", "critical", trend_=-0.9),
+        make_tile("info", "info", trend_=0.1),
+        make_tile("none-falling", trend_=-0.3),
+        make_tile("warning-rising", "warning", trend_=0.2),
+        make_tile("none-flat-calm", trend_=0.0, negative=0.1),
     ]
     assert [t.key for t in order(tiles)] == [
         "critical", "warning-rising", "warning-falling", "info", "none-rising", "none-flat",
         "none-flat-calm", "none-falling", "none-no-trend"]
     # Ties: the longer call first, then the key.
-    tied = [tile("b", duration_s=10), tile("c", duration_s=90), tile("a", duration_s=10)]
+    tied = [make_tile("b", duration_s=10), make_tile("c", duration_s=90),
+            make_tile("a", duration_s=10)]
     assert [t.key for t in order(tied)] == ["c", "a", "b"]
     # A tile's severity is its most severe alert.
     both = Tile(key="x", call_id="x", source=URL, streams=(), caller=None, agent=None,
@@ -155,17 +155,17 @@ def test_order_severity_first_then_rising_caller_trend() -> None:
 
 def test_calls_group_by_id_with_roles_and_plain_streams_stay_off_the_board() -> None:
     plain = protocol.stream_info("mic", "mic", "default", WALL0)
-    feed, board = feed_with(hello([
+    feed = feed_with(hello([
         call_info("CA1", "in", "caller", "inbound"), call_info("CA1", "out", "agent", "outbound"),
         # A side without a role fills the free slot.
         call_info("CA2", "x", "agent"), call_info("CA2", "y", None), plain]))
-    tiles = {t.key: t for t in board.tiles(feed.store)}
-    assert set(tiles) == {"CA1", "CA2"}
-    assert tiles["CA1"].streams == ("CA1-in", "CA1-out")  # caller first
-    assert tiles["CA1"].caller.stream == "CA1-in" and tiles["CA1"].agent.stream == "CA1-out"
-    assert tiles["CA2"].caller.stream == "CA2-y" and tiles["CA2"].agent.stream == "CA2-x"
-    assert board.tile(feed.store, "CA1").streams == tiles["CA1"].streams
-    assert board.tile(feed.store, "nope") is None
+    board = {t.key: t for t in tiles(feed.store)}
+    assert set(board) == {"CA1", "CA2"}
+    assert board["CA1"].streams == ("CA1-in", "CA1-out")  # caller first
+    assert board["CA1"].caller.stream == "CA1-in" and board["CA1"].agent.stream == "CA1-out"
+    assert board["CA2"].caller.stream == "CA2-y" and board["CA2"].agent.stream == "CA2-x"
+    assert call_tile(feed.store, "CA1").streams == board["CA1"].streams
+    assert call_tile(feed.store, "nope") is None
 
 
 def test_tile_carries_emotions_trend_dynamics_and_duration() -> None:
@@ -180,8 +180,8 @@ def test_tile_carries_emotions_trend_dynamics_and_duration() -> None:
          "talk_share": 0.25, "interruptions": 1, "loudness_dbfs": None}]
     msgs.append(protocol.dynamics("CA1", 24.0, sides, overlap_s=2.0, overlaps=4, silence_s=12.0,
                                   dead_air=2, dead_air_s=10.0, longest_silence_s=14.0))
-    feed, board = feed_with(*msgs)
-    (t,) = board.tiles(feed.store)
+    feed = feed_with(*msgs)
+    (t,) = tiles(feed.store)
     assert t.caller.label == "sad" and t.caller.negative == pytest.approx(0.69)
     assert t.caller.trend_per_min == pytest.approx(0.01 / HOP * 60, abs=1e-3)  # +1.2/min
     assert t.agent.label is None and t.agent.last_label == "happy"  # silent now
@@ -194,7 +194,7 @@ def test_tile_carries_emotions_trend_dynamics_and_duration() -> None:
     assert t.agent.spark[-1][1] is None and t.caller.spark[-1][1] == pytest.approx(0.69)
     # The daemon restarted: its calls' dynamics are forgotten with its session.
     feed.inject(URL, hello([call_info("CA1", "c", "caller")], session="sess-2"))
-    (t,) = board.tiles(feed.store)
+    (t,) = tiles(feed.store)
     assert t.dead_air is None and t.caller.talk_share is None
 
 
@@ -210,53 +210,62 @@ def test_board_order_follows_alerts_then_the_callers_trend() -> None:
         msgs.append(pred("QUIET-c", i, None))
     rules = [SustainedHigh(("angry",), 0.6, 3.0),  # critical
              SustainedFall("happy", drop=0.5, span_s=5.0)]  # warning
-    feed, board = feed_with(*msgs, rules=rules)
-    tiles = board.tiles(feed.store)
-    assert [t.key for t in tiles] == ["ANGRY", "FALLHAPPY", "RISE", "CALM", "QUIET"]
-    assert [t.severity for t in tiles] == ["critical", "warning", None, None, None]
-    assert tiles[0].alerts[0].stream == "ANGRY-c" and "angry" in tiles[0].alerts[0].message
-    assert tiles[2].caller_trend > 1.0 and tiles[3].caller_trend == 0.0
-    assert tiles[4].caller_trend is None
+    feed = feed_with(*msgs, rules=rules)
+    board = tiles(feed.store)
+    assert [t.key for t in board] == ["ANGRY", "FALLHAPPY", "RISE", "CALM", "QUIET"]
+    assert [t.severity for t in board] == ["critical", "warning", None, None, None]
+    assert board[0].alerts[0].stream == "ANGRY-c" and "angry" in board[0].alerts[0].message
+    assert board[2].caller_trend > 1.0 and board[3].caller_trend == 0.0
+    assert board[4].caller_trend is None
 
 
 def test_an_alert_raised_on_the_call_itself_counts_for_its_tile() -> None:
-    """Rules on a call's dynamics may raise on the call id rather than on a stream."""
+    """Dynamics rules (dead air) raise on the call, not on a side's stream."""
+    sides = [{"stream": f"{c}-c", "role": "caller", "speaking": False, "talk_s": 1.0,
+              "talk_share": 1.0, "interruptions": 0, "loudness_dbfs": None}
+             for c in ("CA1", "CA2")]
+    feed = feed_with(
+        hello([call_info("CA1", "c", "caller"), call_info("CA2", "c", "caller")]),
+        protocol.dynamics("CA1", 30.0, sides[:1], 0.0, 0, 2.0, 0, 10.0, 2.0),
+        protocol.dynamics("CA2", 30.0, sides[1:], 0.0, 0, 20.0, 1, 10.0, 20.0),
+        rules=[DeadAir(min_s=15.0)])
+    board = tiles(feed.store)
+    assert [(t.key, t.severity) for t in board] == [("CA2", "warning"), ("CA1", None)]
+    assert board[0].alerts[0].stream == "CA2" and "dead air" in board[0].alerts[0].message
+    assert board[0].dead_air_now and not board[1].dead_air_now
 
-    class DeadAir:
-        name, severity = "dead air > 15 s", "warning"
 
-        def new_state(self) -> dict:
-            return {}
-
-        def update(self, state: dict, stream: str, obs: Observation) -> list:
-            state["on"] = True
-            return []
-
-        def active(self, state: dict) -> bool:
-            return bool(state.get("on"))
-
-    feed, board = feed_with(hello([call_info("CA1", "c", "caller"),
-                                   call_info("CA2", "c", "caller")]), rules=[DeadAir()])
-    feed.store.alerts.observe("CA2", Observation(t_end=1.0, voiced=False, probs={}))
-    tiles = board.tiles(feed.store)
-    assert [(t.key, t.severity) for t in tiles] == [("CA2", "warning"), ("CA1", None)]
+def test_a_call_known_only_by_its_dynamics_and_a_final_message() -> None:
+    """Sides named by the dynamics join the call (their role from there); the final
+    dynamics message takes the call off the board."""
+    plain = [protocol.stream_info(s, "file", f"{s}.wav", WALL0) for s in ("left", "right")]
+    sides = [{"stream": "left", "role": "agent", "speaking": True, "talk_s": 3.0,
+              "talk_share": 0.6, "interruptions": 1, "loudness_dbfs": -20.0},
+             {"stream": "right", "role": "caller", "speaking": False, "talk_s": 2.0,
+              "talk_share": 0.4, "interruptions": 0, "loudness_dbfs": None}]
+    feed = feed_with(hello(plain), protocol.dynamics("rec1", 5.0, sides, 0.0, 0, 0.0, 0, 10.0,
+                                                     0.0))
+    (t,) = tiles(feed.store)
+    assert t.key == "rec1" and t.caller.stream == "right" and t.agent.stream == "left"
+    assert t.agent.talk_share == 0.6
+    feed.inject(URL, protocol.dynamics("rec1", 6.0, sides, 0.0, 0, 0.0, 0, 10.0, 0.0,
+                                       final=True))
+    assert tiles(feed.store) == [] and call_tile(feed.store, "rec1") is not None
 
 
 def test_ended_calls_leave_the_board_and_two_daemons_prefix_the_key() -> None:
     msgs = [hello([call_info("CA1", "c", "caller"), call_info("CA2", "c", "caller")]),
             protocol.stream_ended("CA1-c", "eof", 0, 0.0)]
-    feed, board = feed_with(*msgs)
-    assert [t.key for t in board.tiles(feed.store)] == ["CA2"]
-    assert {t.key for t in board.tiles(feed.store, live_only=False)} == {"CA1", "CA2"}
+    feed = feed_with(*msgs)
+    assert [t.key for t in tiles(feed.store)] == ["CA2"]
+    assert {t.key for t in tiles(feed.store, live_only=False)} == {"CA1", "CA2"}
 
     feed = Feed([URL, "ws://other:2"])
-    board = CallBoard()
-    board.attach(feed.store)
     feed.inject(URL, hello([call_info("CA1", "c", "caller")]))
     feed.inject("ws://other:2", hello([call_info("CA1", "c", "caller")]))
-    keys = sorted(t.key for t in board.tiles(feed.store))
+    keys = sorted(t.key for t in tiles(feed.store))
     assert keys == ["floor:1 / CA1", "other:2 / CA1"]
-    assert board.tile(feed.store, "other:2 / CA1").source == "ws://other:2"
+    assert call_tile(feed.store, "other:2 / CA1").source == "ws://other:2"
 
 
 # ----------------------------------------------------------------------------- HTML
