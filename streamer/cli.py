@@ -92,6 +92,19 @@ def _register_stream(sub: Any) -> None:
     m.add_argument("--vad-threshold", type=float, default=0.5,
                    help="per-frame speech probability for silero (default 0.5)")
     m.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    m.add_argument("--inference", default="local", metavar="WHERE",
+                   help="where windows are inferred: local (default, in this process) or the "
+                   "Ray Serve application of `emotion-monitor cluster up`: ray (this machine's "
+                   "cluster), ray://HOST[:PORT] (Serve's HTTP proxy on HOST, port 8000) or "
+                   "http://HOST:PORT/emotion. VAD stays here; see docs/scale.md")
+    m.add_argument("--inference-fallback", choices=["none", "local"], default="none",
+                   help="while Serve is unreachable: drop voiced windows (none, counted in "
+                   "status) or infer them here with --model, which must be the served file")
+    m.add_argument("--inference-timeout", type=float, default=10.0, metavar="S",
+                   help="per request to Serve; its windows are dropped past it (default 10)")
+    m.add_argument("--inference-request-windows", type=int, default=8, metavar="N",
+                   help="voiced windows per request to Serve, up to 4 requests at once "
+                   "(default 8)")
     s = p.add_argument_group("server and security")
     s.add_argument("--host", default="127.0.0.1",
                    help="bind address (default 127.0.0.1; anything else needs a token)")
@@ -229,6 +242,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     from streamer import stream_norm
+    from streamer.backends import InferenceUnavailable, RemoteOptions, connect_remote
     from streamer.daemon import Daemon, DaemonConfig
     from streamer.ingest import IngestConfig
     from streamer.model import ModelError, ServedModel
@@ -238,11 +252,6 @@ def _stream(args: argparse.Namespace) -> int:
                           max_clients=args.max_clients,
                           max_upload_bytes=int(args.max_upload_mb * 2**20),
                           queue_size=args.queue_size)
-    try:
-        model = ServedModel.load(args.model, args.device)
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     config = DaemonConfig(
         model_path=args.model, device=args.device, hop_s=args.hop,
         explain_every=args.explain_every, stream_norm=args.stream_norm, vad=args.vad,
@@ -255,6 +264,15 @@ def _stream(args: argparse.Namespace) -> int:
         ingest=IngestConfig(token=args.ingest_token, max_calls=args.max_calls,
                             idle_s=args.ingest_idle_s),
         max_streams=max(DaemonConfig.max_streams, 2 * args.max_calls + 8))  # 2 tracks a call
+    config.inference, config.remote = args.inference, RemoteOptions(
+        fallback_local=args.inference_fallback == "local", timeout_s=args.inference_timeout,
+        request_windows=args.inference_request_windows)
+    try:  # remote inference: the served model's card, read from the cluster
+        model = (ServedModel.load(args.model, args.device) if args.inference == "local"
+                 else connect_remote(config))
+    except (ModelError, InferenceUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.stream_norm and not stream_norm.supported(model):
         print(f"error: --stream-norm: {args.model} has no per-stream normalisation "
               "(its card has no 'stream_norm')", file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any
 
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
+from streamer.backends import RemoteOptions
 from streamer.dynamics import CallDynamics
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.ingest import IngestConfig, IngestHub
@@ -80,6 +81,8 @@ class DaemonConfig:
     # with an error; its thread is left behind (see guards.Detached).
     file_timeout_s: float = 30.0
     exit_when_done: bool = False  # stop once every stream has ended (tests, benchmarks)
+    inference: str = "local"  # or a Ray Serve address: ray, ray://HOST (streamer/backends)
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
     # conversation dynamics of calls (streamer/dynamics.py): on/off, the silence that counts
     # as dead air, and the roles of a split recording's channels (e.g. ("agent", "caller"))
     dynamics: bool = True
@@ -144,22 +147,16 @@ class Daemon:
 
     # ---------------------------------------------------------------- setup
     def _load(self) -> None:
-        """Model and engine (torch) are imported here, so the CLI module stays light."""
-        if self.model is None:
+        """Model and engine (torch, or Serve's client: streamer/backends) are imported here, so
+        the CLI module stays light."""
+        if self.engine is None:
+            from streamer.backends import open_engine
+
+            self.model, self.engine = open_engine(self.config, self.model)  # warmed up
+        elif self.model is None:
             from streamer.model import ServedModel
 
             self.model = ServedModel.load(self.config.model_path, self.config.device)
-        if self.engine is None:
-            from streamer.engine import Engine
-            from streamer.vad import VadConfig
-
-            vad = None if self.config.vad == "off" else VadConfig(
-                method=self.config.vad, threshold=self.config.vad_threshold,
-                min_voiced=self.config.vad_min_voiced)
-            self.engine = Engine(self.model, vad=vad, explain_every=self.config.explain_every,
-                                 max_batch=self.config.max_batch,
-                                 stream_norm=self.config.stream_norm)
-            self.engine.warmup()  # the TorchScript executor's first calls are slow (D2)
 
     def _listed(self, keep_s: float) -> list[tuple[str, _Stream]]:
         """Running streams and those that ended in the last ``keep_s`` seconds, so hello and
@@ -458,6 +455,8 @@ class Daemon:
                 try:
                     await loop.run_in_executor(self._pool, self.engine.process, windows,
                                                emit)
+                    for sid, n in getattr(self.engine, "take_dropped", dict)().items():
+                        self.streams[sid].dropped += n  # remote inference lost them
                 except Exception as exc:  # the model failed on this batch: say so, go on
                     log.exception("inference failed")
                     for sid in {w.stream_id for w in windows}:
@@ -516,7 +515,8 @@ class Daemon:
             if st.speed and st.state == "running":
                 lag = max(0.0, (now - st.started) * st.speed - t_proc)
             try:  # ended streams too: what a source repaired or skipped stays visible
-                stats = st.source.stats()
+                stats = {**(st.source.stats() or {}),  # + remote inference's counters
+                         **getattr(self.engine, "stream_stats", lambda _: {})(sid)}
             except Exception:  # a source's own bookkeeping must not break status
                 stats = None
             streams.append(protocol.stream_status(sid, st.state, lag, t_proc, st.windows,

@@ -1,0 +1,189 @@
+"""The Ray Serve application: replicas that load the model file and answer chunks of windows
+from every daemon, batched across daemons by ``@serve.batch``. The only module that imports Ray
+(with ``streamer.cluster_cli``'s handlers, which import this one).
+
+- **The model travels as bytes**, as the deployment's init argument: ``cluster up`` reads the
+  file where it runs and each replica writes it to a private temp file and loads it. Nodes of a
+  real cluster share no filesystem, so a path would have to exist, identical, on every node (and
+  would silently serve a different file where it differs); 16.7 MB once per replica start is
+  cheap. Replicas report the file's sha256, so a daemon knows which model answered.
+- **Daemons talk HTTP to Serve's proxy** (``streamer.backends.remote``), not through a Ray
+  handle: a daemon then needs no Ray (no Ray node on its machine, no Ray/Python version lock-step
+  with the cluster), and a cluster that dies cannot take the daemon's process with it (a Ray
+  driver whose raylet goes away exits). The proxy runs on every node, so a load balancer spreads
+  daemons over nodes.
+- Batching counts windows (``batch_size_fn``), not requests, so ``max_batch`` is what the
+  model sees at most; a request larger than it is refused (the daemon's chunks are smaller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from streamer.backends import wire
+
+APP_NAME = "emotion-monitor"
+DEPLOYMENT_NAME = "EmotionModel"
+ROUTE_PREFIX = "/emotion"
+DEFAULT_HTTP_PORT = 8000
+#: A replica accepts this many requests beyond one full batch, so the next batch forms while
+#: the current one computes; past ``max_queued`` waiting requests the proxy answers 503.
+ONGOING_PER_BATCH = 2
+DEFAULT_MAX_QUEUED = 64
+
+
+@dataclass
+class ReplicaSettings:
+    """How each replica runs the model (``cluster up`` flags)."""
+
+    device: str = "auto"
+    threads: int = 2
+    max_batch: int = 32  # windows per forward, across daemons
+    batch_wait_s: float = 0.005
+    explain_drops: bool = False
+
+
+class EmotionModel:
+    """One replica: the model file (bytes), batched forward + Grad-CAM over HTTP."""
+
+    def __init__(self, model_bytes: bytes, settings: dict) -> None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (runtime_env too)
+        import hashlib
+
+        import torch
+
+        from streamer.backends.compute import Compute
+        from streamer.model import ServedModel
+
+        self.settings = ReplicaSettings(**settings)
+        torch.set_num_threads(max(1, self.settings.threads))
+        fd, path = tempfile.mkstemp(prefix="emotion-model-", suffix=".pt")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model_bytes)
+        try:
+            model = ServedModel.load(path, self.settings.device)
+        finally:
+            Path(path).unlink(missing_ok=True)
+        self.compute = Compute(model, hashlib.sha256(model_bytes).hexdigest(),
+                               self.settings.max_batch, self.settings.explain_drops)
+        self.compute.warmup()
+        self.card = {**model.card, "sha256": self.compute.sha256}
+        self.replica = serve.get_replica_context().replica_tag \
+            if hasattr(serve.get_replica_context(), "replica_tag") else str(os.getpid())
+        # One compute thread: the replica's loop keeps accepting and batching meanwhile.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self.batched.set_max_batch_size(self.settings.max_batch)
+        self.batched.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self.started = time.time()
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "GET":  # /card: which model answers here
+            return JSONResponse({"card": self.card, "replica": self.replica,
+                                 "settings": asdict(self.settings)})
+        try:
+            chunk = wire.decode_chunk(await request.body())
+        except wire.WireError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if chunk.n > self.settings.max_batch:
+            return JSONResponse({"error": f"{chunk.n} windows > max_batch "
+                                 f"{self.settings.max_batch}"}, status_code=413)
+        body = await self.batched(chunk)
+        return Response(body, media_type="application/json")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
+                 batch_size_fn=lambda chunks: sum(c.n for c in chunks))
+    async def batched(self, chunks: list[wire.Chunk]) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, chunks)
+
+    def _run(self, chunks: list[wire.Chunk]) -> list[bytes]:
+        import numpy as np
+
+        offsets = np.cumsum([0, *[c.n for c in chunks]])
+        merged = wire.Chunk(np.concatenate([c.waves for c in chunks]),
+                            [s for c in chunks for s in c.streams],
+                            [q for c in chunks for q in c.seqs],
+                            [int(o) + i for c, o in zip(chunks, offsets, strict=False)
+                             for i in c.explain])
+        probs, expls, errors = self.compute.run(merged)
+        out, k = [], 0
+        for c, lo in zip(chunks, offsets, strict=False):
+            n_expl = len(c.explain)
+            out.append(wire.encode_result(probs[lo:lo + c.n], expls[k:k + n_expl],
+                                          self.compute.identity, errors))
+            k += n_expl
+        return out
+
+
+def build_app(model_bytes: bytes, settings: ReplicaSettings, num_replicas: int = 1,
+              autoscale: tuple[int, int] | None = None, num_cpus: float = 1.0,
+              num_gpus: float = 0.0, max_queued: int = DEFAULT_MAX_QUEUED) -> Any:
+    """The bound application. ``autoscale`` (min, max) replaces a fixed ``num_replicas``:
+    Serve adds replicas when each has more than one full batch waiting."""
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus,
+                              "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}},
+        "max_ongoing_requests": max(2, ONGOING_PER_BATCH * settings.max_batch),
+        "max_queued_requests": max_queued,
+    }
+    if autoscale is not None:
+        options["autoscaling_config"] = {
+            "min_replicas": autoscale[0], "max_replicas": autoscale[1],
+            "target_ongoing_requests": max(1, settings.max_batch // 4)}
+    else:
+        options["num_replicas"] = num_replicas
+    return serve.deployment(**options)(EmotionModel).bind(model_bytes, asdict(settings))
+
+
+def up(address: str | None, model_path: str | Path, settings: ReplicaSettings,
+       http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, **deploy: Any) -> str:
+    """Deploy (or update) the application on a running cluster; its URL."""
+    import ray
+
+    model_bytes = Path(model_path).read_bytes()
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+    serve.start(http_options={"host": http_host, "port": http_port})
+    serve.run(build_app(model_bytes, settings, **deploy), name=APP_NAME,
+              route_prefix=ROUTE_PREFIX, blocking=False)
+    return f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:" \
+           f"{http_port}{ROUTE_PREFIX}"
+
+
+def status(address: str | None) -> dict:
+    """The application's state and its replicas, as Serve reports them."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return {"app": APP_NAME, "status": "NOT_DEPLOYED"}
+    deps = {name: {"status": str(getattr(d.status, "value", d.status)),
+                   "replicas": {str(getattr(k, "value", k)): v
+                                for k, v in d.replica_states.items()},
+                   "message": d.message}
+            for name, d in app.deployments.items()}
+    return {"app": APP_NAME, "status": str(getattr(app.status, "value", app.status)),
+            "message": app.message, "deployments": deps}
+
+
+def down(address: str | None) -> None:
+    """Delete the application (the Ray cluster and Serve's proxies stay up)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+    serve.delete(APP_NAME)
