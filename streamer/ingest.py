@@ -167,7 +167,8 @@ class CallSource(Source):
 
     async def _emit(self, index: int, last: bool) -> None:
         held = self._held[index]
-        x = np.concatenate(held) if len(held) != 1 else held[0]
+        x = held[0] if len(held) == 1 else np.concatenate(held) if held \
+            else np.zeros(0, np.float32)
         self._held[index], self._held_n[index] = [], 0
         rs = self._rs[index]
         out = rs.resample_chunk(x.reshape(-1, 1), last=last).reshape(-1) if rs is not None \
@@ -182,9 +183,13 @@ class CallSource(Source):
         if self.finished:
             return
         self.finished = True
-        for i in range(len(self.names)):
-            if self._held_n[i] or self._rs[i] is not None:
-                await self._emit(i, last=True)
+        try:
+            for i in range(len(self.names)):
+                if self._held_n[i] or self._rs[i] is not None:
+                    await self._emit(i, last=True)
+        except Exception as exc:  # a bug in the flush must not leave the streams running
+            log.exception("call %s: flush failed", self.call_id)
+            error = error or SourceError(f"call {self.call_id}: flush failed ({exc})")
         if not self.consumer_done:
             await self._queue.put(_End(error))
 
