@@ -321,8 +321,7 @@ async def _too_fast(ws, audio):
 
 async def _idle(ws, audio):
     await ws.send(start_event())
-    await send_media(ws, audio)
-    await asyncio.sleep(30)  # the daemon closes first
+    await send_media(ws, audio)  # then nothing: closed() waits for the daemon's close
 
 
 async def _oversized(ws, audio):
@@ -499,3 +498,30 @@ def test_cli_stream_ingest_and_push(tmp_path, tiny_model_path, tess_dir):
     assert code == 0 and "calls on ws://127.0.0.1:" in announced, err
     text = log_text(tmp_path / "sessions", "calls")
     assert '"CLI1-caller"' in text and '"CLI1-agent"' in text and TOKEN not in text
+
+
+@pytest.mark.timeout(60)
+def test_daemon_shutdown_ends_calls_in_progress(tmp_path, tiny_model_path, tess_dir):
+    """A daemon stopping with a call in progress: the sender is closed with 1001, the call's
+    audio so far is inferred, its streams end with ``shutdown``, and run() returns 0."""
+    audio = telephone(tess_dir, seconds=0.7)
+    cfg = config(tmp_path, tiny_model_path, token=TOKEN)
+
+    async def main():
+        async with running(cfg) as daemon:
+            async with client(v1_url(daemon)) as c:
+                ws = await connect(ingest_url(daemon), additional_headers={
+                    "Authorization": f"Bearer {TOKEN}"})
+                await ws.send(start_event("CA7"))
+                await send_media(ws, audio)
+                await c.until(lambda m: m["type"] == "status" and any(
+                    s["stream"] == "CA7-agent" and s["t_processed_s"] > 0
+                    for s in m["streams"]))
+                daemon.request_stop()
+                got = await closed(ws)
+                return got, await until_ended(c, ["CA7-caller", "CA7-agent"])
+
+    got, ended = asyncio.run(main())
+    assert got[0] == 1001
+    assert all(m["reason"] == "shutdown" and m["t_end_s"] == pytest.approx(0.7, abs=0.001)
+               and m["windows"] == 1 for m in ended.values()), ended
