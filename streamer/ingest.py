@@ -267,8 +267,10 @@ class _Call:
                 else:
                     await self._on_message(raw)
         except _Stop:
-            if self.stop_requested:
-                code, reason = ms.CLOSE_GOING_AWAY, "stream stopped by the daemon"
+            if self.stop_requested:  # the daemon's reason: "stopped" (stop_stream), "shutdown"
+                why = getattr(self.hub.host, "_stop_reason", {}).get(id(self.source))
+                code, reason = ms.CLOSE_GOING_AWAY, ("daemon shutting down" if why == "shutdown"
+                                                     else "stream stopped by the daemon")
         except ms.IngestError as exc:
             code, reason, error = exc.code, exc.reason, exc.reason
         except ConnectionClosed as exc:  # the sender closed, or the connection dropped

@@ -524,6 +524,6 @@ def test_daemon_shutdown_ends_calls_in_progress(tmp_path, tiny_model_path, tess_
                 return got, await until_ended(c, ["CA7-caller", "CA7-agent"])
 
     got, ended = asyncio.run(main())
-    assert got[0] == 1001
+    assert got == (1001, "daemon shutting down")
     assert all(m["reason"] == "shutdown" and m["t_end_s"] == pytest.approx(0.7, abs=0.001)
                and m["windows"] == 1 for m in ended.values()), ended
