@@ -52,6 +52,9 @@ def register(sub: Any) -> None:
                     help="Serve's HTTP proxy bind address (0.0.0.0 for daemons on other "
                     "machines; default 127.0.0.1)")
     up.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP port")
+    up.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                    help="Serve's HTTP proxies: one on every node (default; put a load "
+                    "balancer in front) or the head's only (nodes sharing one machine)")
     st = add_command(ss, "status", help="the application's state and replicas",
                      description="Show the Serve application's state, its replicas, and the "
                      "model that answers.", example="emotion-monitor cluster status --json",
@@ -104,7 +107,8 @@ def _up(args: argparse.Namespace) -> int:
                                    batch_wait_s=args.batch_wait_ms / 1000.0)
     try:
         url = app.up(args.address, args.model, settings, http_host=args.http_host,
-                     http_port=args.http_port, num_replicas=args.replicas, autoscale=autoscale,
+                     http_port=args.http_port, proxy_location=args.proxy_location,
+                     num_replicas=args.replicas, autoscale=autoscale,
                      num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_queued=args.max_queued)
     except ConnectionError as exc:
         return _connect_error(exc)

@@ -295,7 +295,12 @@ SCHEMAS: dict[str, dict] = {
                     "and dropped_frames; a file's or stdin's nonfinite_samples (NaN/Inf "
                     "replaced by 0) and clipped_samples (beyond +-1, clipped), and a replayed "
                     "directory's skipped_files (unreadable, left out); repair and skip "
-                    "counters only once above 0",
+                    "counters only once above 0. With remote inference (stream --inference "
+                    "ray) also the daemon's view of it for this stream: "
+                    "inference_unavailable (1 while Ray Serve cannot be reached), "
+                    "inference_dropped_windows (voiced windows lost to failed requests or an "
+                    "outage, also in dropped_windows), inference_retried_windows, "
+                    "inference_fallback_windows (inferred locally during an outage)",
                     "type": "object",
                     "additionalProperties": {"type": "number", "minimum": 0}},
             },

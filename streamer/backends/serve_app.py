@@ -148,14 +148,18 @@ def build_app(model_bytes: bytes, settings: ReplicaSettings, num_replicas: int =
 
 
 def up(address: str | None, model_path: str | Path, settings: ReplicaSettings,
-       http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT, **deploy: Any) -> str:
-    """Deploy (or update) the application on a running cluster; its URL."""
+       http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT,
+       proxy_location: str = "EveryNode", **deploy: Any) -> str:
+    """Deploy (or update) the application on a running cluster; its URL. Serve's HTTP
+    options (host, port, where proxies run) are fixed by the first ``up`` on a cluster.
+    ``proxy_location="HeadOnly"`` where several nodes share one machine (one port each)."""
     import ray
 
     model_bytes = Path(model_path).read_bytes()
     if not ray.is_initialized():
         ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
-    serve.start(http_options={"host": http_host, "port": http_port})
+    serve.start(http_options={"host": http_host, "port": http_port},
+                proxy_location=proxy_location)
     serve.run(build_app(model_bytes, settings, **deploy), name=APP_NAME,
               route_prefix=ROUTE_PREFIX, blocking=False)
     return f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:" \
