@@ -24,8 +24,9 @@ from dashboard.calls import SPARK_WINDOW_S, Side, Tile, severity_rank
 from dashboard.client import Feed
 from dashboard.figures import EMOTION_ICONS
 
-#: How often the tiles are rebuilt: at least once a second (the dynamics' own rate).
-REFRESH_S = 1.0
+#: How often the tiles are rebuilt: under a second, so that with the jitter of a rerun they
+#: still update at least once a second (dynamics arrive once a second).
+REFRESH_S = 0.8
 #: A trend within this many points per minute of zero is drawn as flat.
 TREND_FLAT_PER_MIN = 0.05
 #: The sparkline: SVG units per second of stream time, and its height.
@@ -118,7 +119,8 @@ export default function(component) {
   void grid.offsetHeight;  // lay out now, so the time below includes it
   const stats = window.__wallboard || (window.__wallboard = {renders: []});
   stats.renders.push({at: performance.now(), ms: performance.now() - t0, changed: changed,
-                      tiles: data.tiles.length, build_ms: data.build_ms, built: data.built});
+                      tiles: data.tiles.length, build_ms: data.build_ms, built: data.built,
+                      now: Date.now()});
   if (stats.renders.length > 2000) stats.renders.splice(0, 1000);
 }
 """

@@ -21,6 +21,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed
@@ -35,7 +36,7 @@ WINDOW_S = 3.0
 DEAD_AIR_S = 10.0
 ANGRY_EVERY = 10
 DEAD_AIR_EVERY = 7
-DEAD_AIR_QUIET_S = 15.0
+DEAD_AIR_QUIET_S = 20.0
 DRIFT_PERIOD_S = 180.0
 ANGRY_P = 0.85
 # How negative mass splits over the negative classes, and the rest over the others.
@@ -211,18 +212,20 @@ class Floor:
 
 
 class FloorDaemon:
-    """`Floor` served over a websocket in real time (one tick every ``HOP_S``), to every client
-    that connects; each message is encoded once, whatever the number of clients."""
+    """`Floor` served over a websocket in real time (one tick every ``HOP_S``) to every client
+    that connects. A new client first gets the last ``history_ticks`` ticks, then every tick
+    after them with no gap (its own queue, filled in the same loop step as the snapshot), as a
+    daemon's clients see a continuous stream. Each message is encoded once."""
 
     def __init__(self, n_calls: int, port: int = 0, seed: int = 0,
-                 warmup_ticks: int = 0) -> None:
-        self.floor = Floor(n_calls, seed, wall0=time.time() - warmup_ticks * HOP_S)
+                 history_ticks: int = 0) -> None:
+        self.floor = Floor(n_calls, seed, wall0=time.time() - history_ticks * HOP_S)
         self.port = port
-        self.warmup: list[str] = []
-        for _ in range(warmup_ticks):  # history a new client receives at once
-            self.warmup.extend(protocol.encode(m) for m in self.floor.tick())
+        self.history: deque[list[str]] = deque(maxlen=max(1, history_ticks))
+        for _ in range(history_ticks):
+            self.history.append([protocol.encode(m) for m in self.floor.tick()])
         self.sent = 0
-        self._clients: set = set()
+        self._queues: set[asyncio.Queue[str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -258,17 +261,29 @@ class FloorDaemon:
             ticker.cancel()
 
     async def _handler(self, ws) -> None:  # noqa: ANN001 - websockets' connection
-        await ws.send(protocol.encode(self.floor.hello()))
-        for text in self.warmup:
-            await ws.send(text)
-        self._clients.add(ws)
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        queue.put_nowait(protocol.encode(self.floor.hello()))
+        for texts in self.history:
+            for text in texts:
+                queue.put_nowait(text)
+        self._queues.add(queue)
+        sender = asyncio.ensure_future(self._send(ws, queue))
         try:
             async for _ in ws:  # subscribe, pings: nothing to answer for a wallboard
                 pass
         except ConnectionClosed:
             pass
         finally:
-            self._clients.discard(ws)
+            self._queues.discard(queue)
+            sender.cancel()
+
+    @staticmethod
+    async def _send(ws, queue: asyncio.Queue[str]) -> None:  # noqa: ANN001
+        try:
+            while True:
+                await ws.send(await queue.get())
+        except ConnectionClosed:
+            pass
 
     async def _tick(self) -> None:
         start = time.monotonic()
@@ -277,10 +292,8 @@ class FloorDaemon:
             n += 1
             await asyncio.sleep(max(0.0, start + n * HOP_S - time.monotonic()))
             texts = [protocol.encode(m) for m in self.floor.tick()]
-            for ws in list(self._clients):
+            self.history.append(texts)
+            for queue in self._queues:
                 for text in texts:
-                    try:
-                        await ws.send(text)
-                    except Exception:  # noqa: BLE001 - a client gone; its handler cleans up
-                        break
+                    queue.put_nowait(text)
             self.sent += len(texts)

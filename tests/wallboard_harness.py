@@ -38,12 +38,12 @@ CENTRE_JS = """
 class WallboardRun:
     """Floor daemon + dashboard + Chromium; ``with WallboardRun(50) as run: ...``."""
 
-    def __init__(self, n_calls: int, warmup_ticks: int = 20, size: tuple[int, int] = SIZE,
+    def __init__(self, n_calls: int, history_ticks: int = 20, size: tuple[int, int] = SIZE,
                  chrome: str = "chromium", workdir: str | Path | None = None) -> None:
         self.n_calls = n_calls
         self.size = size
         self.chrome = chrome
-        self.floor = FloorDaemon(n_calls, warmup_ticks=warmup_ticks)
+        self.floor = FloorDaemon(n_calls, history_ticks=history_ticks)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="wallboard-"))
         self.dashboard: subprocess.Popen | None = None
         self.dashboard_out: Output | None = None
