@@ -409,8 +409,9 @@ class IngestHub:
         self.refused: collections.Counter[str] = collections.Counter()
 
     def token_ok(self, given: str) -> bool:
-        return self.token is not None and hmac.compare_digest(given.encode(),
-                                                              self.token.encode())
+        """Constant-time; a token from JSON may hold lone surrogates, so they are encodable."""
+        return self.token is not None and hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass"))
 
     def check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
         """HTTP refusals: ingest off (no token, 403), wrong token (401), too many waiting
