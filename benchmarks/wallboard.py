@@ -20,8 +20,9 @@ Per N, over a measuring window after a warm-up:
   (/proc: its websocket feed ingesting ~5N messages a second, and the redraws), and this
   process (the fake floor and the DevTools driver).
 
-Prints JSON and a one-line summary; ``--out`` saves the JSON.
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/wallboard.py [--calls 10 50 100]
+Prints JSON and a one-line summary (also in the JSON); ``--out`` saves the JSON.
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/wallboard.py [--calls 10 50 100] \
+        [--out benchmarks/results/wallboard.json]
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from tests.browser import (  # noqa: E402
     process_tree,
 )
 from tests.call_floor import DYNAMICS_EVERY_S, HOP_S  # noqa: E402
-from tests.wallboard_harness import STATS_JS, TILES_JS, WallboardRun  # noqa: E402
+from tests.wallboard_harness import SIZE, STATS_JS, TILES_JS, WallboardRun  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -133,16 +134,19 @@ def main() -> None:
     p.add_argument("--calls", type=int, nargs="+", default=[10, 50, 100])
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     p.add_argument("--window", type=float, default=20.0, help="seconds measured per N")
+    p.add_argument("--history", type=int, default=120,
+                   help="ticks of history a client gets first (120: a full 60-s sparkline)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args()
     chrome = find_chromium()
     if chrome is None:
         sys.exit("Chromium is not installed (apt-get install chromium)")
 
+    load_at_start = os.getloadavg()
     results = []
     for n in args.calls:
         with tempfile.TemporaryDirectory(prefix="wallboard-bench-") as tmp, \
-                WallboardRun(n, chrome=chrome, workdir=tmp) as run:
+                WallboardRun(n, history_ticks=args.history, chrome=chrome, workdir=tmp) as run:
             results.append(asyncio.run(measure(run, args.warmup, args.window)))
         r = results[-1]
         print(f"{n} calls: redraw p50 {r['redraw_ms']['median']:.1f} ms, browser "
@@ -153,26 +157,27 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "chromium": chrome,
-                    "load_avg_at_end": os.getloadavg()},
+                    "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg()},
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "viewport": list(WallboardRun.__init__.__defaults__[1]),
+                     "viewport": list(SIZE),
                      "refresh_s": REFRESH_S, "prediction_every_s": HOP_S,
                      "dynamics_every_s": DYNAMICS_EVERY_S, "streams_per_call": 2,
                      "feed": "tests.call_floor.FloorDaemon: fake protocol-v1 daemon, "
                              "torch-free, no model"},
         "results": results,
     }
+    out["summary"] = "wallboard: " + "; ".join(
+        f"{r['calls']} calls: redraw p50 {r['redraw_ms']['median']:.1f} / p95 "
+        f"{r['redraw_ms']['p95']:.1f} ms, main thread {r['browser_main_thread_ms_per_update']:.0f}"
+        f" ms/update, update every {r['update_interval_s']['median']:.2f} s, browser "
+        f"{r['cpu_pct_of_one_core']['browser']:.0f} % CPU, server "
+        f"{r['cpu_pct_of_one_core']['dashboard_server']:.0f} %" for r in results)
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
-    print("wallboard: " + "; ".join(
-        f"{r['calls']} calls: redraw p50 {r['redraw_ms']['median']:.1f} / p95 "
-        f"{r['redraw_ms']['p95']:.1f} ms, main thread {r['browser_main_thread_ms_per_update']:.0f}"
-        f" ms/update, update every {r['update_interval_s']['median']:.2f} s, browser "
-        f"{r['cpu_pct_of_one_core']['browser']:.0f} % CPU, server "
-        f"{r['cpu_pct_of_one_core']['dashboard_server']:.0f} %" for r in results))
+    print(out["summary"])
 
 
 if __name__ == "__main__":
