@@ -23,8 +23,9 @@ Definitions (also in docs/dashboard.md):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.state import CallData, Prediction, Store, StreamData
@@ -166,24 +167,88 @@ def order(tiles: Iterable[Tile]) -> list[Tile]:
 
 # ----------------------------------------------------------------------------- the board
 
+#: How much of each side's recent history the board keeps: the sparkline's and the trend's.
+HISTORY_S = max(SPARK_WINDOW_S, TREND_WINDOW_S)
+
+
+class CallBoard:
+    """Builds the wallboard's tiles from a `Store` (one board per browser session).
+
+    Between redraws it keeps each side's recent (t_end, negative mass) points, so a redraw
+    works out the negative mass of the new windows only (two per stream a second) rather than
+    of a minute of them: at 100 calls that was most of a redraw's cost.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[str, _Series] = {}
+
+    def tiles(self, store: Store, live_only: bool = True) -> list[Tile]:
+        """Every live call's tile (every call's, with ``live_only=False``), in board order."""
+        with store.lock:
+            active = _active_alerts(store)
+            out = [_tile(key, source, call_id, members, store.calls.get(key), active,
+                         self.points)
+                   for key, (source, call_id, members) in calls_of(store).items()
+                   if not (live_only and _ended(store.calls.get(key), members))]
+            for gone in [k for k in self._series if k not in store.streams]:
+                del self._series[gone]
+        return order(out)
+
+    def tile(self, store: Store, key: str) -> Tile | None:
+        """The tile of the call ``key`` names (live or not), built alone; None if unknown."""
+        with store.lock:
+            found = calls_of(store).get(key)
+            if found is None:
+                return None
+            source, call_id, members = found
+            return _tile(key, source, call_id, members, store.calls.get(key),
+                         _active_alerts(store), self.points)
+
+    def points(self, d: StreamData) -> list[tuple[float, float | None]]:
+        """(t_end, negative mass | None when unvoiced) of the stream's windows over the last
+        ``HISTORY_S`` seconds, oldest first; updated from the windows that came since."""
+        series = self._series.get(d.key)
+        if series is None or series.owner is not d:  # new, or the daemon started over
+            series = self._series[d.key] = _Series(d)
+        if not d.predictions:
+            series.reset()
+            return []
+        newest = d.predictions[-1]
+        if newest is not series.last:
+            if series.last is not None and newest.seq <= series.last.seq:
+                series.reset()  # the stream started over under the same id
+            new = []
+            for p in reversed(d.predictions):
+                if p is series.last or p.t_end < newest.t_end - HISTORY_S:
+                    break
+                new.append(p)
+            series.points.extend((p.t_end, negative_mass(p.probs) if p.voiced else None)
+                                 for p in reversed(new))
+            series.last = newest
+        while series.points and series.points[0][0] < newest.t_end - HISTORY_S:
+            series.points.popleft()
+        return list(series.points)
+
+
+@dataclass
+class _Series:
+    owner: StreamData
+    last: Prediction | None = None
+    points: deque[tuple[float, float | None]] = field(default_factory=deque)
+
+    def reset(self) -> None:
+        self.last = None
+        self.points.clear()
+
+
 def tiles(store: Store, live_only: bool = True) -> list[Tile]:
-    """Every live call's tile (every call's, with ``live_only=False``), in board order."""
-    with store.lock:
-        active = _active_alerts(store)
-        out = [_tile(key, source, call_id, members, store.calls.get(key), active)
-               for key, (source, call_id, members) in calls_of(store).items()
-               if not (live_only and _ended(store.calls.get(key), members))]
-    return order(out)
+    """`CallBoard.tiles` of a board used once (tests, one-off reads)."""
+    return CallBoard().tiles(store, live_only)
 
 
 def tile(store: Store, key: str) -> Tile | None:
-    """The tile of the call ``key`` names (live or not), built alone; None if unknown."""
-    with store.lock:
-        found = calls_of(store).get(key)
-        if found is None:
-            return None
-        source, call_id, members = found
-        return _tile(key, source, call_id, members, store.calls.get(key), _active_alerts(store))
+    """`CallBoard.tile` of a board used once."""
+    return CallBoard().tile(store, key)
 
 
 def calls_of(store: Store) -> dict[str, tuple[str, str, list[StreamData]]]:
@@ -249,11 +314,13 @@ def _roles(members: list[StreamData], dyn_roles: Mapping[str, Any]) -> dict[str,
 
 
 def _tile(key: str, source: str, call_id: str, members: list[StreamData],
-          call: CallData | None, active: Mapping[str, list[TileAlert]]) -> Tile:
+          call: CallData | None, active: Mapping[str, list[TileAlert]],
+          points: Callable[[StreamData], list[tuple[float, float | None]]]) -> Tile:
     dyn = call.latest if call is not None and call.latest else None
     sides_dyn = {str(s.get("stream")): s for s in (dyn or {}).get("sides") or []}
     roles = _roles(members, {k: s.get("role") for k, s in sides_dyn.items()})
-    summary = {role: _side(d, role, sides_dyn.get(d.stream_id)) for role, d in roles.items()}
+    summary = {role: _side(d, role, sides_dyn.get(d.stream_id), points(d))
+               for role, d in roles.items()}
     ordered = [roles[r] for r in ROLES if r in roles]
     ordered += [d for d in members if all(d is not o for o in ordered)]
     alerts: list[TileAlert] = []
@@ -272,14 +339,10 @@ def _tile(key: str, source: str, call_id: str, members: list[StreamData],
     )
 
 
-def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None) -> Side:
-    tail = _recent(d.predictions, max(SPARK_WINDOW_S, TREND_WINDOW_S))
-    latest = tail[-1] if tail else None
-    voiced = next((p for p in reversed(tail) if p.voiced), None)
-    if latest is None and d.predictions:
-        latest = d.predictions[-1]
-    # Negative mass once per window: the sparkline and the trend share it.
-    spark = tuple((p.t_end, negative_mass(p.probs) if p.voiced else None) for p in tail)
+def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None,
+          points: list[tuple[float, float | None]]) -> Side:
+    latest = d.predictions[-1] if d.predictions else None
+    voiced = next((p for p in reversed(d.predictions) if p.voiced), None)
     horizon = latest.t_end - TREND_WINDOW_S if latest else 0.0
     return Side(
         stream=d.key, role=role,
@@ -287,28 +350,13 @@ def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None) -> Side:
         confidence=latest.confidence if latest is not None and latest.voiced else None,
         last_label=voiced.label if voiced else None,
         negative=negative_mass(voiced.probs) if voiced else None,
-        trend_per_min=_trend([(t, v) for t, v in spark if v is not None and t >= horizon]),
-        spark=spark, ended=d.ended is not None,
+        trend_per_min=_trend([(t, v) for t, v in points if v is not None and t >= horizon]),
+        spark=tuple(points), ended=d.ended is not None,
         speaking=dyn.get("speaking") if dyn else None,
         talk_share=_num(dyn, "talk_share"), interruptions=_int(dyn, "interruptions"),
         loudness_dbfs=_num(dyn, "loudness_dbfs"),
         loudness_trend_db_per_min=_num(dyn, "loudness_trend_db_per_min"),
     )
-
-
-def _recent(predictions: Iterable[Prediction], span_s: float) -> list[Prediction]:
-    """The windows of the last ``span_s`` seconds of stream time, oldest first (read from the
-    end of the ring buffer, so the cost does not grow with the history kept)."""
-    out: list[Prediction] = []
-    horizon: float | None = None
-    for p in reversed(predictions):  # type: ignore[call-overload]
-        if horizon is None:
-            horizon = p.t_end - span_s
-        elif p.t_end < horizon:
-            break
-        out.append(p)
-    out.reverse()
-    return out
 
 
 def _duration(members: list[StreamData], dyn: Mapping[str, Any] | None) -> float:

@@ -136,6 +136,13 @@ def _component() -> Any:
 
 # ----------------------------------------------------------------------------- Streamlit
 
+def board() -> calls.CallBoard:
+    """This browser session's board (it keeps the sides' recent points between redraws)."""
+    if "callboard" not in st.session_state:
+        st.session_state.callboard = calls.CallBoard()
+    return st.session_state.callboard
+
+
 def page(feed: Feed) -> None:
     """The wallboard page: redrawn every `REFRESH_S` by a fragment."""
     st.fragment(run_every=REFRESH_S)(_board)(feed)
@@ -152,7 +159,7 @@ def show_wallboard() -> None:
 
 def _board(feed: Feed) -> None:
     t0 = time.perf_counter()
-    tiles = calls.tiles(feed.store)
+    tiles = board().tiles(feed.store)
     with feed.store.lock:
         sources = [(s.url, s.state, s.detail) for s in feed.store.sources.values()]
     st.caption(sources_line(sources))

@@ -19,6 +19,7 @@ from dashboard.alerts import DeadAir, SustainedFall, SustainedHigh
 from dashboard.app import parse_args
 from dashboard.calls import (
     NEGATIVE_EMOTIONS,
+    CallBoard,
     Side,
     Tile,
     TileAlert,
@@ -266,6 +267,31 @@ def test_ended_calls_leave_the_board_and_two_daemons_prefix_the_key() -> None:
     keys = sorted(t.key for t in tiles(feed.store))
     assert keys == ["floor:1 / CA1", "other:2 / CA1"]
     assert call_tile(feed.store, "other:2 / CA1").source == "ws://other:2"
+
+
+def test_a_board_kept_between_redraws_agrees_with_a_fresh_one() -> None:
+    """The board updates each side's points from the new windows only; after more windows,
+    a stream starting over and a daemon restart, it must build what a fresh board builds."""
+    feed = Feed([URL])
+    floor = Floor(4)
+    feed.inject(URL, floor.hello())
+    board = CallBoard()
+    for step in range(150):  # 75 s: points older than a minute are dropped on the way
+        for m in floor.tick():
+            feed.inject(URL, m)
+        if step % 10 == 0:
+            assert board.tiles(feed.store) == tiles(feed.store)
+    spark = board.tiles(feed.store)[0].caller.spark
+    assert 100 <= len(spark) <= 121 and spark[-1][0] - spark[0][0] <= 60.0
+    # One stream starts over (seq and stream time back to 0).
+    feed.inject(URL, pred("CA001-caller", 0, neg_probs(0.9)))
+    assert board.tiles(feed.store) == tiles(feed.store)
+    assert board.tile(feed.store, "CA001").caller.spark == ((3.0, 0.9),)
+    # The daemon restarts: a new session, the same stream ids.
+    feed.inject(URL, floor.hello(session_id="floor-2"))
+    for m in floor.tick():
+        feed.inject(URL, m)
+    assert board.tiles(feed.store) == tiles(feed.store)
 
 
 # ----------------------------------------------------------------------------- HTML
