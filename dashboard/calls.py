@@ -4,7 +4,7 @@ are unit-tested on their own.
 
 A call is the set of streams whose ``info["call"]["id"]`` match (protocol v1: one stream per
 side, ``role`` "caller" | "agent" | null); its conversation dynamics arrive once a second as
-``dynamics`` messages, which the Store keeps per call (``Store.calls``). `tiles` turns the
+``dynamics`` messages, which the Store keeps per call (``Store.calls``). `CallBoard` turns the
 Store's streams, their recent predictions, the calls' latest dynamics and the active alerts
 (on a side's stream, or on the call itself for the dynamics rules) into `Tile` rows.
 
