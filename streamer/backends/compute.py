@@ -44,11 +44,12 @@ class Compute:
             self.run(Chunk(zeros, ["warmup", "warmup"], [0, 1], [0]))
 
     def run(self, chunk: Chunk) -> tuple[np.ndarray, list[dict], int]:
-        """(probabilities ``[B, C]``, explanation messages of ``chunk.explain`` in order, number
-        of failed explanations). An explanation failure costs the explanations only."""
+        """(probabilities ``[B, C]`` (``[0, C]`` unless ``chunk.predict``), explanation messages
+        of ``chunk.explain`` in order, number of failed explanations). An explanation failure
+        costs the explanations only."""
         probs = np.concatenate([self.model.predict(chunk.waves[lo:lo + self.max_batch])
                                 for lo in range(0, chunk.n, self.max_batch)]) \
-            if chunk.n else np.zeros((0, len(self.model.classes)), dtype=np.float32)
+            if chunk.n and chunk.predict else np.zeros((0, len(self.model.classes)), np.float32)
         msgs: list[dict] = []
         errors = 0
         for lo in range(0, len(chunk.explain), self.max_batch):

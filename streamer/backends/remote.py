@@ -51,6 +51,8 @@ ROUTE = "/emotion"  # serve_app.ROUTE_PREFIX (not imported: that module imports 
 CONNECT_TIMEOUT_S = 3.0
 PROBE_INTERVAL_S = 1.0  # during an outage, one request a second tries the proxy
 RETRY_DELAY_S = 0.2  # before retrying a failed request (a replica is being replaced)
+#: Windows per explanation request: at most serve_app.EXPLAIN_MAX_BATCH (a replica refuses more)
+EXPLAIN_REQUEST_WINDOWS = 4
 
 
 class RemoteError(Exception):
@@ -145,7 +147,7 @@ class ServeClient:
     def infer(self, chunk: Chunk) -> dict:
         try:
             return decode_result(self._request("POST", self._path, encode_chunk(chunk)),
-                                 chunk.n)
+                                 chunk.n if chunk.predict else 0)
         except (ValueError, WireError) as exc:
             raise RemoteError(f"{self.url}: bad result ({exc})") from None
 
@@ -206,7 +208,9 @@ class RemoteEngine:
     def warmup(self) -> None:
         """One small request end to end (the proxy, a replica, the wire) before streams."""
         zeros = np.zeros((1, self.model.window_samples), dtype=np.float32)
-        self.client.infer(Chunk(zeros, ["warmup"], [0], [0] if self.explain_every else []))
+        self.client.infer(Chunk(zeros, ["warmup"], [0]))
+        if self.explain_every:
+            self.client.infer(Chunk(zeros, ["warmup"], [0], [0], predict=False))
 
     def feed(self, stream_id: str, samples: np.ndarray, start_sample: int) -> None:
         if self.vad is not None:
@@ -242,7 +246,9 @@ class RemoteEngine:
                 ) -> list[Message]:
         """As ``Engine.process``: a prediction per window in order, then the explanations.
         Voiced windows go out in chunks of ``request_windows``, up to ``max_inflight`` at once
-        (the replicas batch them with other daemons' chunks)."""
+        (the replicas batch them with other daemons' chunks); the windows to explain go in
+        separate requests (``EXPLAIN_REQUEST_WINDOWS`` each), so no prediction waits for a
+        Grad-CAM on the replica either."""
         if not windows:
             return []
         messages: list[Message] = []
@@ -256,33 +262,38 @@ class RemoteEngine:
                      else self.vad.voiced_fractions(windows))
         voiced = [self.vad.is_voiced(f) if self.vad else True for f in fractions]
         vw = [w for w, v in zip(windows, voiced, strict=True) if v]
-        wants = [self._wants_explanation(w.stream_id) for w in vw]
+        ex = [w for w in vw if self._wants_explanation(w.stream_id)]
         size = max(1, self.options.request_windows)
-        futures = [self._pool.submit(self._infer_chunk, vw[lo:lo + size], wants[lo:lo + size])
+        # predictions first (the pool starts them first), explanations in their own requests
+        futures = [self._pool.submit(self._infer_chunk, vw[lo:lo + size], True)
                    for lo in range(0, len(vw), size)]
-        explanations: list[Message] = []
+        ex_futures = [self._pool.submit(self._infer_chunk, ex[lo:lo + EXPLAIN_REQUEST_WINDOWS],
+                                        False) for lo in range(0, len(ex),
+                                                               EXPLAIN_REQUEST_WINDOWS)]
+        predicted: set[tuple[str, int]] = set()
         k = 0
-        result: tuple[np.ndarray, list[Message]] | None = None
+        probs: Any = None
         for win, is_voiced in zip(windows, voiced, strict=True):
             self.stats["windows"] += 1
             row = None
             if is_voiced:
                 if k % size == 0:
-                    result = futures[k // size].result()
-                    if result is not None:
-                        explanations += result[1]
+                    probs = futures[k // size].result()
                 k += 1
-                if result is None:
+                if probs is None:
                     continue  # dropped and counted by _infer_chunk
-                row = result[0][(k - 1) % size]
+                row = probs[(k - 1) % size]
                 self.stats["voiced"] += 1
+                predicted.add((win.stream_id, win.seq))
             latency = (time.perf_counter() - win.arrived) * 1000.0
             out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
                                     win.wall_time, row, latency, self.model.classes,
                                     voiced=is_voiced))
-        for msg in explanations:
-            out(msg)
-        self.stats["explained"] += len(explanations)
+        for fut in ex_futures:  # only for windows whose prediction went out
+            for msg in fut.result() or []:
+                if (msg["stream"], msg["seq"]) in predicted:
+                    self.stats["explained"] += 1
+                    out(msg)
         return messages
 
     # ------------------------------------------------------------ requests
@@ -291,11 +302,13 @@ class RemoteEngine:
         self._voiced_count[stream_id] = n + 1
         return self.explain_every > 0 and n % self.explain_every == 0
 
-    def _infer_chunk(self, wins: list[Window], wants: list[bool]
-                     ) -> tuple[np.ndarray, list[Message]] | None:
-        """One request (with retries), in a pool thread; None when its windows were dropped."""
+    def _infer_chunk(self, wins: list[Window], predict: bool) -> Any:
+        """One request (with retries), in a pool thread: probabilities ``[B, C]`` (``predict``)
+        or explanation messages; None when it failed (a prediction chunk's windows are then
+        dropped and counted)."""
         chunk = Chunk(np.stack([w.samples for w in wins]), [w.stream_id for w in wins],
-                      [w.seq for w in wins], [i for i, x in enumerate(wants) if x])
+                      [w.seq for w in wins], [] if predict else list(range(len(wins))),
+                      predict)
         if self._may_try():
             for attempt in range(1 + max(0, self.options.retries)):
                 try:
@@ -304,7 +317,8 @@ class RemoteEngine:
                     with self._lock:
                         self.stats["requests"] += 1
                         self.stats["explain_errors"] += int(res.get("explain_errors", 0))
-                    return np.asarray(res["probs"], dtype=np.float64), res["explanations"]
+                    return (np.asarray(res["probs"], dtype=np.float64) if predict
+                            else res["explanations"])
                 except Unreachable as exc:
                     self._down(exc)
                     break
@@ -318,18 +332,23 @@ class RemoteEngine:
                     time.sleep(RETRY_DELAY_S)
         if self._fallback is not None:
             return self._run_fallback(chunk, wins)
+        if not predict:
+            with self._lock:
+                self.stats["explain_errors"] += len(wins)
+            return None
         self._count("dropped_windows", "dropped_windows", wins)
         with self._lock:
             self._dropped.update(w.stream_id for w in wins)
         return None
 
-    def _run_fallback(self, chunk: Chunk, wins: list[Window]
-                      ) -> tuple[np.ndarray, list[Message]]:
+    def _run_fallback(self, chunk: Chunk, wins: list[Window]) -> Any:
         with self._lock:  # one local model, one thread at a time
             probs, msgs, errors = self._fallback.run(chunk)
             self.stats["explain_errors"] += errors
+        if not chunk.predict:
+            return msgs
         self._count("fallback_windows", "fallback_windows", wins)
-        return np.asarray(probs, dtype=np.float64), msgs
+        return np.asarray(probs, dtype=np.float64)
 
     def _count(self, total: str, per_stream: str | None, wins: list[Window]) -> None:
         with self._lock:

@@ -14,14 +14,20 @@ from every daemon, batched across daemons by ``@serve.batch``. The only module t
   daemons over nodes.
 - Batching counts windows (``batch_size_fn``), not requests, so ``max_batch`` is what the
   model sees at most; a request larger than it is refused (the daemon's chunks are smaller).
+  Predictions and explanations come in separate requests and separate batches, and one compute
+  thread takes waiting prediction batches first, so a window's prediction waits for at most
+  one Grad-CAM batch (``EXPLAIN_MAX_BATCH`` windows), as in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +47,33 @@ DEFAULT_HTTP_PORT = 8000
 #: the current one computes; past ``max_queued`` waiting requests the proxy answers 503.
 ONGOING_PER_BATCH = 2
 DEFAULT_MAX_QUEUED = 64
+#: Windows per Grad-CAM batch: what a prediction may wait behind (~33 ms a window on one core).
+EXPLAIN_MAX_BATCH = 4
+PREDICT, EXPLAIN = 0, 1  # compute priorities: lower first
+
+
+class PriorityWorker:
+    """One compute thread that runs waiting prediction batches before explanation batches."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        threading.Thread(target=self._loop, name="compute", daemon=True).start()
+
+    def submit(self, priority: int, fn: Any, *args: Any) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((priority, next(self._order), fn, args, fut))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            _, _, fn, args, fut = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # the caller's await raises it
+                fut.set_exception(exc)
 
 
 @dataclass
@@ -82,9 +115,11 @@ class EmotionModel:
         self.replica = serve.get_replica_context().replica_tag \
             if hasattr(serve.get_replica_context(), "replica_tag") else str(os.getpid())
         # One compute thread: the replica's loop keeps accepting and batching meanwhile.
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self._worker = PriorityWorker()
         self.batched.set_max_batch_size(self.settings.max_batch)
         self.batched.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+        self.batched_explain.set_max_batch_size(min(EXPLAIN_MAX_BATCH, self.settings.max_batch))
+        self.batched_explain.set_batch_wait_timeout_s(self.settings.batch_wait_s)
         self.started = time.time()
 
     async def __call__(self, request: Request) -> Response:
@@ -95,33 +130,41 @@ class EmotionModel:
             chunk = wire.decode_chunk(await request.body())
         except wire.WireError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        if chunk.n > self.settings.max_batch:
-            return JSONResponse({"error": f"{chunk.n} windows > max_batch "
-                                 f"{self.settings.max_batch}"}, status_code=413)
-        body = await self.batched(chunk)
+        limit = self.settings.max_batch if chunk.predict else min(EXPLAIN_MAX_BATCH,
+                                                                    self.settings.max_batch)
+        if chunk.n > limit:
+            return JSONResponse({"error": f"{chunk.n} windows > the batch limit {limit}"},
+                                status_code=413)
+        body = await (self.batched(chunk) if chunk.predict else self.batched_explain(chunk))
         return Response(body, media_type="application/json")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
                  batch_size_fn=lambda chunks: sum(c.n for c in chunks))
     async def batched(self, chunks: list[wire.Chunk]) -> list[bytes]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, chunks)
+        return await asyncio.wrap_future(self._worker.submit(PREDICT, self._run, chunks))
+
+    @serve.batch(max_batch_size=EXPLAIN_MAX_BATCH, batch_wait_timeout_s=0.005,
+                 batch_size_fn=lambda chunks: sum(c.n for c in chunks))
+    async def batched_explain(self, chunks: list[wire.Chunk]) -> list[bytes]:
+        return await asyncio.wrap_future(self._worker.submit(EXPLAIN, self._run, chunks))
 
     def _run(self, chunks: list[wire.Chunk]) -> list[bytes]:
         import numpy as np
 
         offsets = np.cumsum([0, *[c.n for c in chunks]])
+        predict = chunks[0].predict  # a batch holds one kind (its own batcher)
         merged = wire.Chunk(np.concatenate([c.waves for c in chunks]),
                             [s for c in chunks for s in c.streams],
                             [q for c in chunks for q in c.seqs],
                             [int(o) + i for c, o in zip(chunks, offsets, strict=False)
-                             for i in c.explain])
+                             for i in c.explain], predict)
         probs, expls, errors = self.compute.run(merged)
         out, k = [], 0
         for c, lo in zip(chunks, offsets, strict=False):
             n_expl = len(c.explain)
-            out.append(wire.encode_result(probs[lo:lo + c.n], expls[k:k + n_expl],
-                                          self.compute.identity, errors))
+            rows = probs[lo:lo + c.n] if predict else probs[:0]
+            out.append(wire.encode_result(rows, expls[k:k + n_expl], self.compute.identity,
+                                          errors))
             k += n_expl
         return out
 

@@ -1,7 +1,8 @@
 """The bytes between a daemon and the Serve deployment: one HTTP request per chunk of windows.
 
 Request body: a 4-byte little-endian header length, a JSON header (``streams``, ``seqs``,
-``explain`` = indices of the rows to explain, ``samples`` per window), then the windows as raw
+``explain`` = indices of the rows to explain, ``predict`` = whether probabilities are wanted,
+``samples`` per window), then the windows as raw
 little-endian float32 ``[B, N]``. Raw float32, not JSON or int16: 192 KB a 3-s window, decoded
 without a copy, and the replica sees exactly the samples the daemon's VAD saw, so predictions
 equal in-process ones (tested within 1e-5). Response: JSON (``probs`` rows, ``explanations``
@@ -33,6 +34,9 @@ class Chunk:
     streams: list[str]
     seqs: list[int]
     explain: list[int] = field(default_factory=list)  # row indices to explain
+    # False: explanations only. The daemon asks for predictions and explanations in separate
+    # requests, so a window's prediction never waits for a Grad-CAM (as in-process).
+    predict: bool = True
 
     @property
     def n(self) -> int:
@@ -47,7 +51,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
     waves = np.ascontiguousarray(chunk.waves, dtype="<f4")
     header = json.dumps({"streams": chunk.streams, "seqs": [int(s) for s in chunk.seqs],
                          "explain": [int(i) for i in chunk.explain],
-                         "samples": int(waves.shape[1])}).encode()
+                         "predict": bool(chunk.predict), "samples": int(waves.shape[1])}).encode()
     return HEADER_LEN.pack(len(header)) + header + waves.tobytes()
 
 
@@ -61,6 +65,7 @@ def decode_chunk(body: bytes) -> Chunk:
         header = json.loads(body[HEADER_LEN.size:HEADER_LEN.size + n_header])
         streams, seqs = list(header["streams"]), [int(s) for s in header["seqs"]]
         explain, samples = [int(i) for i in header["explain"]], int(header["samples"])
+        predict = bool(header.get("predict", True))
     except (ValueError, KeyError, TypeError) as exc:
         raise WireError(f"bad header: {exc}") from None
     data = memoryview(body)[HEADER_LEN.size + n_header:]
@@ -69,7 +74,7 @@ def decode_chunk(body: bytes) -> Chunk:
     if any(not 0 <= i < len(streams) for i in explain):
         raise WireError("explain index out of range")
     waves = np.frombuffer(data, dtype="<f4").reshape(len(streams), samples)
-    return Chunk(waves, streams, seqs, explain)
+    return Chunk(waves, streams, seqs, explain, predict)
 
 
 def encode_result(probs: np.ndarray, explanations: list[dict], model: dict,
