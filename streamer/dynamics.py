@@ -52,6 +52,10 @@ GAP_FILL_S = 0.3  # pauses inside a turn up to this long are talk (stops, breath
 INTERRUPT_HELD_S = 0.5  # the interrupted side had been talking at least this long...
 INTERRUPT_OVERLAP_S = 0.3  # ...and kept talking at least this long after the cut-in...
 INTERRUPT_TALK_S = 1.0  # ...and the interrupter talked at least this long (not an "mm-hm")
+# ...and had been quiet at least this long before: resuming one's own turn after a pause is not
+# cutting in. (Found on the telephone band, where weak consonants fall under the gate and split
+# a turn: without it, the test call counted a turn's continuation as an interruption.)
+INTERRUPT_QUIET_S = 1.0
 MIN_OVERLAP_S = 0.2  # shorter both-talking stretches are a turn's end meeting the next start
 
 # --- figures over spans of call time
@@ -320,6 +324,7 @@ class _SideStats:
     talk: int = 0  # frames
     interruptions: int = 0
     spurt_start: int | None = None  # call frame where its current talk began
+    last_stop: int | None = None  # call frame where its last talk ended
     # this second: talk frames, their summed mean square, syllable peaks
     i_talk: int = 0
     i_ms: float = 0.0
@@ -443,6 +448,7 @@ class _Call:
         for i, st in enumerate(self.stats):
             if (old >> i) & 1 and not (new >> i) & 1:  # side i stopped
                 st.spurt_start = None
+                st.last_stop = c
                 for cand in list(self.candidates):
                     if (cand.a == i and c - cand.onset < INTERRUPT_OVERLAP_S * f) or \
                             cand.b == i:  # A yielded at once, or B's was a backchannel
@@ -450,6 +456,8 @@ class _Call:
         for i, st in enumerate(self.stats):
             if (new >> i) & 1 and not (old >> i) & 1:  # side i started
                 st.spurt_start = c
+                if st.last_stop is not None and c - st.last_stop < INTERRUPT_QUIET_S * f:
+                    continue  # a pause in its own turn, not a cut-in
                 for j, other in enumerate(self.stats):
                     if j != i and (old >> j) & 1 and (new >> j) & 1 and \
                             other.spurt_start is not None and \

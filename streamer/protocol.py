@@ -153,7 +153,8 @@ _SIDE = {
                               "description": "the same over the last recent_s seconds"},
         "interruptions": {"type": "integer", "minimum": 0,
                           "description": "times this side cut in on the other (see "
-                          "docs/protocol.md: held 0.5 s, overlap 0.3 s, talk 1 s)"},
+                          "docs/protocol.md: held 0.5 s, overlap 0.3 s, talk 1 s, quiet 1 s "
+                          "before)"},
         "loudness_dbfs": {"type": ["number", "null"],
                           "description": "RMS level of the last interval's talk (null: silent)"},
         "loudness_trend_db_per_min": {"type": ["number", "null"],

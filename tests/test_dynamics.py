@@ -164,7 +164,10 @@ def test_recent_share_forgets_old_talk() -> None:
     ([(1, 5)], [(2, 2.7)], (0, 0)),        # B's 0.7 s is a backchannel ("mm-hm")
     ([(1, 2.15)], [(2, 4)], (0, 0)),       # A stops 0.15 s after B starts: a hand-over
     ([(1, 3), (4.5, 7)], [(2.5, 6)], (1, 1)),  # each cuts in on the other once
-], ids=["cut-in", "too-early", "backchannel", "hand-over", "both"])
+    ([(1, 8)], [(2, 3.5), (4.0, 6)], (0, 1)),  # B resumes after a 0.5 s pause: still one
+    ([(1, 8)], [(2, 3.5), (4.6, 6)], (0, 2)),  # after 1.1 s of quiet: a second cut-in
+], ids=["cut-in", "too-early", "backchannel", "hand-over", "both", "pause-in-own-turn",
+        "second-cut-in"])
 def test_interruption_definition(a_spans, b_spans, expected) -> None:
     x = np.stack([bursts(a_spans, 9), bursts(b_spans, 9, f0=210)], axis=1)
     last = drive(x)[-1]
