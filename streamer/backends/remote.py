@@ -247,8 +247,7 @@ class RemoteEngine:
         """As ``Engine.process``: a prediction per window in order, then the explanations.
         Voiced windows go out in chunks of ``request_windows``, up to ``max_inflight`` at once
         (the replicas batch them with other daemons' chunks); the windows to explain go in
-        separate requests (``EXPLAIN_REQUEST_WINDOWS`` each), so no prediction waits for a
-        Grad-CAM on the replica either."""
+        separate requests (``EXPLAIN_REQUEST_WINDOWS`` each) once the predictions are out."""
         if not windows:
             return []
         messages: list[Message] = []
@@ -264,12 +263,8 @@ class RemoteEngine:
         vw = [w for w, v in zip(windows, voiced, strict=True) if v]
         ex = [w for w in vw if self._wants_explanation(w.stream_id)]
         size = max(1, self.options.request_windows)
-        # predictions first (the pool starts them first), explanations in their own requests
         futures = [self._pool.submit(self._infer_chunk, vw[lo:lo + size], True)
                    for lo in range(0, len(vw), size)]
-        ex_futures = [self._pool.submit(self._infer_chunk, ex[lo:lo + EXPLAIN_REQUEST_WINDOWS],
-                                        False) for lo in range(0, len(ex),
-                                                               EXPLAIN_REQUEST_WINDOWS)]
         predicted: set[tuple[str, int]] = set()
         k = 0
         probs: Any = None
@@ -289,11 +284,16 @@ class RemoteEngine:
             out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
                                     win.wall_time, row, latency, self.model.classes,
                                     voiced=is_voiced))
-        for fut in ex_futures:  # only for windows whose prediction went out
+        # Explanations only once this batch's predictions are out (as in-process): sent
+        # together, a Grad-CAM batch could reach the replica first and hold them up.
+        ex = [w for w in ex if (w.stream_id, w.seq) in predicted]
+        ex_futures = [self._pool.submit(self._infer_chunk, ex[lo:lo + EXPLAIN_REQUEST_WINDOWS],
+                                        False) for lo in range(0, len(ex),
+                                                               EXPLAIN_REQUEST_WINDOWS)]
+        for fut in ex_futures:
             for msg in fut.result() or []:
-                if (msg["stream"], msg["seq"]) in predicted:
-                    self.stats["explained"] += 1
-                    out(msg)
+                self.stats["explained"] += 1
+                out(msg)
         return messages
 
     # ------------------------------------------------------------ requests
