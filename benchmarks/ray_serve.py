@@ -245,6 +245,40 @@ def equality(url: str, model_path: str) -> dict:
             "card_round_trip_ms": round(card, 2)}
 
 
+def _pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _cpu(pids: list[int]) -> float:
+    from benchmarks.streaming import cpu_seconds
+
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def hop_cpu(url: str, model_path: str, requests: int = 40) -> dict:
+    """CPU of Serve's HTTP proxy and of the replicas per window: ``requests`` sequential
+    requests of 8 windows without Grad-CAM (what the wire and the proxy cost beside the model)."""
+    from streamer.backends.remote import ServeClient
+    from streamer.backends.wire import Chunk
+
+    waves = tess_windows(8, 48000)
+    chunk = Chunk(waves, ["h"] * 8, list(range(8)), [])
+    client = ServeClient(url, 60.0)
+    for _ in range(3):
+        client.infer(chunk)
+    proxies, replicas = _pids("ray::ProxyActor"), _pids("ray::ServeReplica")
+    p0, r0, t0 = _cpu(proxies), _cpu(replicas), time.perf_counter()
+    for _ in range(requests):
+        client.infer(chunk)
+    wall, n = time.perf_counter() - t0, requests * len(waves)
+    return {"requests": requests, "windows_per_request": len(waves),
+            "proxy_cpu_ms_per_window": round(1000 * (_cpu(proxies) - p0) / n, 3),
+            "replica_cpu_ms_per_window": round(1000 * (_cpu(replicas) - r0) / n, 3),
+            "wall_ms_per_request": round(1000 * wall / requests, 2),
+            "proxy_processes": len(proxies), "replica_processes": len(replicas)}
+
+
 # ----------------------------------------------------------------------------- main
 
 def measure(opts: dict, streams: int, trial_s: float) -> dict:
@@ -315,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                            "max_batch": max_batch, "batch_wait_ms": wait_ms,
                            "deploy_s": round(deploy_s, 1),
                            "equality": equality(url, args.model),
+                           "hop_cpu": hop_cpu(url, args.model, 10 if args.quick else 40),
                            **measure({**base, "inference": url}, args.streams, args.trial_s)}
                 run["loadavg"] = [round(x, 2) for x in os.getloadavg()]
                 result["runs"].append(run)
