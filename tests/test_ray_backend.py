@@ -305,3 +305,21 @@ def test_serve_lost_while_running_then_back(tmp_path: Path, tiny_model_path: Pat
     else:
         assert dropped > 0 and last["dropped_windows"] == dropped
         assert last["source_stats"]["inference_dropped_windows"] == dropped
+
+
+def test_cluster_status_command(serve_cluster: str) -> None:
+    """`emotion-monitor cluster status` from another process: RUNNING, one replica, exit 0."""
+    import json
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor", "cluster", "status", "--json",
+         "--address", address], env={**os.environ, "PYTHONPATH": str(REPO),
+                                     "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
+        capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = json.loads(proc.stdout)
+    assert st["status"] == "RUNNING"
+    assert st["deployments"]["EmotionModel"]["replicas"] == {"RUNNING": 1}
