@@ -25,7 +25,6 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -36,10 +35,15 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from streaming import _summary, cpu_seconds, machine, pick_model  # noqa: E402
-
+from benchmarks.streaming import (  # noqa: E402
+    _summary,
+    cpu_seconds,
+    daemon_process,
+    machine,
+    pick_model,
+    serve_until_stopped,
+)
 from streamer.push import FRAME_MS, _Sender, load_audio, push_call  # noqa: E402
 
 TESS = Path(os.environ.get("EMOTION_MONITOR_TESS", REPO.parent / "shared" / "data" / "tess"))
@@ -72,29 +76,7 @@ def _serve(opts: dict, ready: Any) -> None:
         ingest=IngestConfig(token=TOKEN, max_calls=256),
         server=ServerConfig(port=0, max_clients=8, queue_size=100_000))
 
-    async def main() -> int:
-        daemon = Daemon(cfg, [], model=model, engine=engine)
-        task = asyncio.create_task(daemon.run())
-        await daemon.wait_ready()
-        ready.put(daemon.port)
-        return await task
-
-    sys.exit(asyncio.run(main()))
-
-
-@contextlib.contextmanager
-def daemon_process(opts: dict) -> Any:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(opts, ready), daemon=True)
-    proc.start()
-    try:
-        yield ready.get(timeout=180), proc.pid
-    finally:
-        proc.terminate()
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
+    serve_until_stopped(Daemon(cfg, [], model=model, engine=engine), ready)
 
 
 def conversation(seed: int, seconds: float) -> np.ndarray:
@@ -238,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             sessions = Path(tmp) / f"sessions-{every}"
             opts = {"model": model, "threads": args.threads, "explain_every": every,
                     "sessions": str(sessions)}
-            with daemon_process(opts) as (port, pid):
+            with daemon_process(opts, _serve) as (port, pid):
                 results.append(capacity(port, pid, sessions, seconds, every, args.max_calls))
     report = {"benchmark": "call_floor", "machine": machine(args.threads), "model": model_name,
               "settings": {"format": "Media Streams, mu-law 8 kHz, 20-ms frames",

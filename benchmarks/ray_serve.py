@@ -31,7 +31,6 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -46,7 +45,14 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.streaming import TESS, machine, make_replay_dirs, run_trial  # noqa: E402
+from benchmarks.streaming import (  # noqa: E402
+    TESS,
+    daemon_process,
+    machine,
+    make_replay_dirs,
+    run_trial,
+    serve_until_stopped,
+)
 
 SETTINGS = [  # (replicas, max_batch, batch_wait_ms); None = the in-process engine
     None, (1, 8, 5.0), (1, 32, 10.0), (2, 8, 5.0), (2, 32, 10.0)]
@@ -123,29 +129,7 @@ def _serve(opts: dict, ready: Any) -> None:
         remote=RemoteOptions(request_windows=opts["request_windows"]),
         server=ServerConfig(port=0, max_clients=8, queue_size=100_000))
 
-    async def main() -> int:
-        daemon = Daemon(cfg, [])
-        task = asyncio.create_task(daemon.run())
-        await daemon.wait_ready()
-        ready.put(daemon.port)
-        return await task
-
-    sys.exit(asyncio.run(main()))
-
-
-@contextlib.contextmanager
-def daemon_process(opts: dict) -> Any:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(opts, ready), daemon=True)
-    proc.start()
-    try:
-        yield ready.get(timeout=300), proc.pid
-    finally:
-        proc.terminate()
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
+    serve_until_stopped(Daemon(cfg, []), ready)
 
 
 # ----------------------------------------------------------------------------- costs
@@ -282,7 +266,7 @@ def hop_cpu(url: str, model_path: str, requests: int = 40) -> dict:
 # ----------------------------------------------------------------------------- main
 
 def measure(opts: dict, streams: int, trial_s: float) -> dict:
-    with daemon_process(opts) as (port, pid):
+    with daemon_process(opts, _serve, timeout=300) as (port, pid):
         lat = asyncio.run(run_trial(port, pid, "rt", streams, 1.0, True, trial_s))
         bulk = asyncio.run(run_trial(port, pid, "bulk", 1, 0.0, False, None))
     keep = ("predictions", "voiced_predictions", "explanations", "latency_ms",

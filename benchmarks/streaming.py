@@ -71,8 +71,13 @@ def _serve(opts: dict, ready: Any) -> None:
         allowed_dir=opts["allowed"], max_streams=256, max_pending_windows=1024,
         server=ServerConfig(port=0, max_clients=8, queue_size=100_000))
 
+    serve_until_stopped(Daemon(cfg, [], model=model, engine=engine), ready)
+
+
+def serve_until_stopped(daemon: Any, ready: Any) -> None:
+    """Run ``daemon`` in this (child) process; its port goes on ``ready`` once it serves."""
+
     async def main() -> int:
-        daemon = Daemon(cfg, [], model=model, engine=engine)
         task = asyncio.create_task(daemon.run())
         await daemon.wait_ready()
         ready.put(daemon.port)
@@ -82,13 +87,16 @@ def _serve(opts: dict, ready: Any) -> None:
 
 
 @contextlib.contextmanager
-def daemon_process(opts: dict) -> Any:
+def daemon_process(opts: dict, serve: Any = None, timeout: float = 180.0) -> Any:
+    """``serve(opts, ready)`` (default: this module's ``_serve``) in a spawned process, which
+    puts its port on ``ready``; yields (port, pid); SIGTERM (the daemon's clean shutdown) at the
+    end. The other daemon benchmarks pass their own ``serve``."""
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(opts, ready), daemon=True)
+    proc = ctx.Process(target=serve or _serve, args=(opts, ready), daemon=True)
     proc.start()
     try:
-        port = ready.get(timeout=180)
+        port = ready.get(timeout=timeout)
         yield port, proc.pid
     finally:
         proc.terminate()  # SIGTERM: the daemon's clean shutdown

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from streamer.card import CardView
 
 REQUIRED_CARD_KEYS = ("name", "classes", "sample_rate", "window_s")
 
@@ -51,23 +53,12 @@ def validate_card(card: Any, path: Path | str = "<card>") -> dict:
 
 
 @dataclass
-class ServedModel:
+class ServedModel(CardView):
     """A loaded model file: its TorchScript module, its card, and the device it runs on."""
 
     module: torch.jit.ScriptModule
-    card: dict
     device: torch.device
     path: Path | None = None
-    classes: list[str] = field(init=False)
-    sample_rate: int = field(init=False)
-    window_s: float = field(init=False)
-    window_samples: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.classes = list(self.card["classes"])
-        self.sample_rate = int(self.card["sample_rate"])
-        self.window_s = float(self.card["window_s"])
-        self.window_samples = int(round(self.sample_rate * self.window_s))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ServedModel:

@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ import numpy as np
 from streamer import protocol
 from streamer.backends import RemoteOptions
 from streamer.backends.wire import CONTENT_TYPE, Chunk, WireError, decode_result, encode_chunk
+from streamer.card import CardView
 from streamer.vad import Vad, VadConfig
 from streamer.windows import Window
 
@@ -153,21 +154,10 @@ class ServeClient:
 
 
 @dataclass
-class RemoteModel:
+class RemoteModel(CardView):
     """What the daemon needs of a model it does not load: the served card (hello, windows)."""
 
-    card: dict
     url: str
-    classes: list[str] = field(init=False)
-    sample_rate: int = field(init=False)
-    window_s: float = field(init=False)
-    window_samples: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.classes = list(self.card["classes"])
-        self.sample_rate = int(self.card["sample_rate"])
-        self.window_s = float(self.card["window_s"])
-        self.window_samples = int(round(self.sample_rate * self.window_s))
 
 
 def connect(inference: str, options: RemoteOptions) -> tuple[ServeClient, RemoteModel]:
