@@ -15,18 +15,23 @@ Skips only where Chromium is missing, and never in CI (env CI set: it fails inst
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import statistics
-import time
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
 
-from tests.browser import DevTools, page_websocket, require_chromium
+from tests.browser import require_chromium
 from tests.call_floor import ANGRY_EVERY
-from tests.wallboard_harness import CENTRE_JS, STATS_JS, TILES_JS, WallboardRun
+from tests.wallboard_harness import (
+    STATS_JS,
+    TILES_JS,
+    WallboardRun,
+    back_to_board,
+    open_call,
+    page,
+    screenshot,
+    wait_for_tiles,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -43,7 +48,7 @@ def test_wallboard_with_50_calls_orders_tiles_and_opens_a_call(tmp_path: Path) -
     ARTIFACTS.mkdir(exist_ok=True)
     with WallboardRun(N_CALLS, chrome=chrome, workdir=tmp_path) as run:
         try:
-            result = asyncio.run(drive(run.devtools_url, ARTIFACTS / "wallboard.png"))
+            result = asyncio.run(drive(run, ARTIFACTS / "wallboard.png"))
         except BaseException:
             print(f"--- dashboard output ---\n{run.output()[-4000:]}")
             raise
@@ -82,21 +87,11 @@ def test_wallboard_with_50_calls_orders_tiles_and_opens_a_call(tmp_path: Path) -
     assert (ARTIFACTS / "wallboard.png").stat().st_size > 50_000
 
 
-async def drive(devtools_url: str, screenshot: Path, timeout: float = 90.0) -> dict:
-    async with connect(await page_websocket(devtools_url), max_size=64 * 2**20,
-                       open_timeout=20) as ws:
-        cdp = DevTools(ws)
-        await cdp.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000,
-                       deviceScaleFactor=1, mobile=False)
+async def drive(run: WallboardRun, shot: Path, timeout: float = 90.0) -> dict:
+    async with page(run) as cdp:
         # All tiles there, and the angry callers' alerts raised.
-        deadline = time.monotonic() + timeout
-        tiles: list = []
-        while time.monotonic() < deadline:
-            tiles = await cdp.js(TILES_JS) or []
-            if len(tiles) == N_CALLS and sum(t["severity"] == 3 for t in tiles) >= \
-                    N_CALLS // ANGRY_EVERY:
-                break
-            await asyncio.sleep(0.5)
+        tiles = await wait_for_tiles(cdp, lambda ts: len(ts) == N_CALLS and sum(
+            t["severity"] == 3 for t in ts) >= N_CALLS // ANGRY_EVERY, timeout)
         assert len(tiles) == N_CALLS, f"{len(tiles)} tiles after {timeout:.0f} s"
         # A few seconds of updates (and of sparkline), then one consistent read.
         await asyncio.sleep(6.0)
@@ -104,40 +99,10 @@ async def drive(devtools_url: str, screenshot: Path, timeout: float = 90.0) -> d
         renders = [r for r in await cdp.js(STATS_JS) if r["tiles"] == N_CALLS]
         intervals = [(b["at"] - a["at"]) / 1000.0 for a, b in zip(renders, renders[1:],
                                                                    strict=False)]
-        shot = await cdp.call("Page.captureScreenshot", format="png")
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-
-        # Click a tile below the alerts, as a mouse does.
-        key = tiles[N_CALLS // ANGRY_EVERY + 2]["key"]
-        xy = await cdp.js(f"{CENTRE_JS}({json.dumps(key)})")
-        assert xy, f"tile {key} not found"
-        await cdp.click(*xy)
-        opened: dict = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            opened = await cdp.js(OPENED_JS) or {}
-            if f"call={key}" in opened.get("href", "") and len(opened.get("cards", [])) == 2:
-                break
-        opened["key"] = key
-
-        await cdp.js("history.back()")  # the browser's Back button
-        back: dict = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            back = {"href": await cdp.js("location.href"),
-                    "tiles": len(await cdp.js(TILES_JS) or [])}
-            if back["tiles"] == N_CALLS:
-                break
+        await screenshot(cdp, shot)
+        # Click a tile below the alerts, as a mouse does; then the browser's Back button.
+        opened = await open_call(cdp, tiles[N_CALLS // ANGRY_EVERY + 2]["key"])
+        back = await back_to_board(cdp, N_CALLS)
         return {"tiles": tiles, "updates": len(intervals),
                 "median_interval_s": statistics.median(intervals) if intervals else None,
                 "opened": opened, "back": back}
-
-
-# The live page after a click: where we are, its text, and the stream cards' ids.
-OPENED_JS = """
-(() => ({href: location.href, text: document.body.innerText,
-  cards: Array.from(document.querySelectorAll('h3')).map(h => h.innerText.split(' ')[0])
-    .filter(t => /^CA\\d+-(caller|agent)$/.test(t))}))()
-"""
