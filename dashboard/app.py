@@ -26,7 +26,7 @@ from dashboard.alerts import (
     Alert,
     AlertEngine,
     DeadAir,
-    LoudnessRising,
+    LouderThanUsual,
     SustainedFall,
     SustainedHigh,
     TalkShareAbove,
@@ -124,10 +124,11 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
         drop = st.slider("Falls by", 0.1, 0.9, 0.3, 0.05, format="%.2f")
         span = st.number_input("Compared over (seconds)", 2.0, 300.0, 10.0, 1.0)
         st.caption("Calls (conversation dynamics)")
-        loud_on = st.checkbox("Loudness rising", value=True)
+        loud_on = st.checkbox("Louder than usual", value=True,
+                              help="the last 20 s of talk against the side's own earlier talk")
         loud_role = st.selectbox("Whose loudness", SIDE_CHOICES, index=0)
-        loud_slope = st.number_input("Rising by at least (dB/min)", 1.0, 120.0, 6.0, 1.0)
-        loud_for = st.number_input("Held for (seconds)", 0.0, 300.0, 5.0, 1.0)
+        loud_rise = st.number_input("Louder by at least (dB)", 1.0, 40.0, 8.0, 1.0)
+        loud_for = st.number_input("Held for (seconds)", 0.0, 300.0, 10.0, 1.0)
         share_on = st.checkbox("Talk share above", value=True)
         share_role = st.selectbox("Whose talk share", SIDE_CHOICES, index=1)
         share = st.slider("Share above", 0.5, 0.95, 0.8, 0.05, format="%.2f")
@@ -140,7 +141,7 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
     if fall_on:
         rules.append(SustainedFall(fall_emotion, drop=drop, span_s=span))
     if loud_on:
-        rules.append(LoudnessRising(loud_role, min_slope_db_per_min=loud_slope, for_s=loud_for))
+        rules.append(LouderThanUsual(loud_role, min_rise_db=loud_rise, for_s=loud_for))
     if share_on:
         rules.append(TalkShareAbove(share_role, share=share, over_s=share_over))
     if dead_on:

@@ -7,6 +7,7 @@ import pytest
 from dashboard.alerts import (
     AlertEngine,
     DeadAir,
+    LouderThanUsual,
     LoudnessRising,
     Observation,
     SustainedFall,
@@ -150,6 +151,42 @@ def store_with(rules: list):
 
     store = Store(alerts=AlertEngine(rules))
     return store
+
+
+def test_louder_than_usual_against_the_sides_own_baseline() -> None:
+    rule = LouderThanUsual("caller", min_rise_db=8.0, recent_s=20.0, for_s=10.0)
+    store = store_with([rule])
+
+    def feed(t0: int, t1: int, caller_db: float | None, agent_db: float = -20.0) -> list:
+        out = []
+        for t in range(t0, t1):
+            out += store.apply("ws://d", dyn(t, caller={"loudness_dbfs": caller_db},
+                                             agent={"loudness_dbfs": agent_db}))
+        return out
+
+    # 60 s at -30 dBFS (the agent, 10 dB louder throughout, is not the caller's baseline)
+    assert feed(1, 61, -30.0) == []
+    # a pause neither raises nor clears; then 12 dB louder: the recent mean crosses +8 dB
+    # after a few seconds, and the alert comes once that has held 10 s
+    assert feed(61, 70, None) == []
+    raised = feed(70, 100, -18.0)
+    assert len(raised) == 1 and raised[0].emotion == "loudness"
+    assert 80 <= raised[0].t <= 90 and "louder than usual: +1" in raised[0].message
+    assert store.alerts.active()
+    # back to the usual level: the recent mean falls under +8 dB and the alert clears
+    feed(100, 130, -30.0)
+    assert not store.alerts.active()
+
+
+def test_louder_than_usual_needs_a_baseline_and_ignores_steady_loud_speakers() -> None:
+    store = store_with([LouderThanUsual("caller")])
+    loud = []
+    for t in range(1, 200):  # a loud speaker from the first second on: that is their usual
+        loud += store.apply("ws://d", dyn(t, caller={"loudness_dbfs": -12.0 + (t % 3)}))
+    assert loud == []
+    rule = LouderThanUsual("caller")
+    state = rule.new_state()
+    assert rule.rise_db(state, 5.0) is None  # no baseline yet
 
 
 def test_loudness_rising_raised_after_held_and_cleared() -> None:
