@@ -6,9 +6,10 @@ per-stream state) and sends only voiced windows to the cluster, over HTTP to Ser
 Faults, as the daemon sees them (every message is still built and emitted here, so protocol v1
 and the session log do not change):
 
-- a request that fails (a replica died under it, a 5xx) is retried ``retries`` times — windows
-  are idempotent — then its windows are dropped and counted in their stream's
-  ``dropped_windows``; Serve restarts the replica;
+- a request that fails (a replica died under it, a 5xx, its new connection dropped under it) is
+  retried ``retries`` times — windows are idempotent — then its windows are dropped and counted
+  in their stream's ``dropped_windows``; Serve restarts the replica. A kept-alive connection
+  found closed (the proxy may close idle ones) is reopened at once, not counted;
 - the proxy answers 503 (replicas full, ``max_queued`` waiting): the chunk's windows are dropped
   and counted; the daemon's own queue meanwhile drops its oldest windows, as with a slow local
   model, so latency stays bounded (``timeout_s`` per request, ``max_inflight`` requests);
@@ -69,7 +70,7 @@ class TimedOut(RemoteError):
 
 
 class Unreachable(RemoteError):
-    """No answer from the proxy (refused, reset, timed out): an outage."""
+    """No connection to the proxy (refused, no route, connect timed out): an outage."""
 
 
 def serve_url(inference: str) -> str:
@@ -103,21 +104,24 @@ class ServeClient:
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         conn = getattr(self._local, "conn", None)
-        for fresh in ((False, True) if conn is not None else (True,)):
-            if fresh:
-                conn = self._conn_cls(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
-                self._local.conn = conn
+        if conn is None:
+            conn = self._local.conn = self._conn_cls(self._host, self._port,
+                                                     timeout=CONNECT_TIMEOUT_S)
+        for _ in range(2):
+            reused = conn.sock is not None  # kept alive since an earlier answer
             try:
-                if conn.sock is None:
+                if not reused:
                     self._connect(conn)
                 conn.request(method, path, body=body, headers={"Content-Type": CONTENT_TYPE})
                 resp = conn.getresponse()
                 data = resp.read()
                 break
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-                conn.close()  # a kept-alive connection the proxy closed: once more, fresh
-                if fresh:
-                    raise Unreachable(f"{self.url}: connection reset") from None
+                conn.close()
+                if not reused:  # the proxy took the request and dropped it: a failed request
+                    raise RemoteError(f"{self.url}: connection dropped under the request"
+                                      ) from None
+                # else a kept-alive connection the proxy closed (idle): once more, on a new one
             except TimeoutError:
                 conn.close()
                 raise TimedOut(f"{self.url}: no answer within {self.timeout_s:g} s") from None
