@@ -293,9 +293,9 @@ SCHEMAS: dict[str, dict] = {
                 # ring-buffer drops: {"overflows": 0, "dropped_frames": 0}.
                 "source_stats": {
                     "description": "counters the source reports: a microphone's overflows "
-                    "and dropped_frames; a file's or stdin's nonfinite_samples (NaN/Inf "
-                    "replaced by 0) and clipped_samples (beyond +-1, clipped), and a replayed "
-                    "directory's skipped_files (unreadable, left out); repair and skip "
+                    "and dropped_frames; a file's, stdin's or microphone's nonfinite_samples "
+                    "(NaN/Inf replaced by 0) and clipped_samples (beyond +-1, clipped), and a "
+                    "replayed directory's skipped_files (unreadable, left out); repair and skip "
                     "counters only once above 0. With remote inference (stream --inference "
                     "ray) also the daemon's view of it for this stream: "
                     "inference_unavailable (1 while Ray Serve cannot be reached), "

@@ -564,6 +564,7 @@ class MicSource(Source):
     device_name: str = field(default="", init=False)
     overflows: int = field(default=0, init=False)  # PortAudio input overflows
     dropped_frames: int = field(default=0, init=False)  # ring-buffer overruns (frames)
+    repair: SampleRepair = field(default_factory=SampleRepair, init=False, repr=False)
     _sd: Any = field(default=None, init=False, repr=False)
 
     def open(self) -> MicSource:
@@ -587,7 +588,8 @@ class MicSource(Source):
                  "native_rate": self.native_rate}]
 
     def stats(self) -> dict[str, Any]:
-        return {"overflows": self.overflows, "dropped_frames": self.dropped_frames}
+        return {"overflows": self.overflows, "dropped_frames": self.dropped_frames,
+                **self.repair.stats()}
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         if self._sd is None:
@@ -639,7 +641,9 @@ class MicSource(Source):
                 if failure:
                     raise SourceError(f"microphone {self.device_name!r}: {failure[0]}")
                 for block, wall, mono in items:
-                    out = rs.resample_chunk(block)
+                    # a driver's float stream can carry NaN/Inf too: repaired before the
+                    # resampler would smear it over the filter's length
+                    out = rs.resample_chunk(self.repair(block))
                     if out.size:
                         emit(Chunk(self.name, out, wall, mono))
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,53 @@ def test_iter_chunks_stops_the_thread(tmp_path: Path) -> None:
 
     assert asyncio.run(main()) == 20
     assert stop.wait(5)  # closing the iterator set stop, so the replay thread ends
+
+
+class _FakeSoundDevice:
+    """Just enough of ``sounddevice`` for MicSource: one input device whose stream calls back
+    with the given blocks from a thread, then finishes."""
+
+    def __init__(self, blocks: list[np.ndarray], rate: int = 16000) -> None:
+        self.blocks, self.rate = blocks, rate
+
+    def query_devices(self, device: object, kind: str) -> dict:
+        return {"name": "fake mic", "default_samplerate": self.rate, "index": 0}
+
+    def InputStream(self, callback: object, finished_callback: object, **kw: object) -> object:  # noqa: N802
+        fake = self
+
+        class _Stream:
+            def start(self) -> None:
+                def play() -> None:
+                    for b in fake.blocks:
+                        callback(b.reshape(-1, 1), b.size, None, None)
+                        time.sleep(0.005)
+                threading.Thread(target=play, daemon=True).start()
+
+            def close(self) -> None:
+                pass
+
+        return _Stream()
+
+
+def test_mic_repairs_non_finite_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = [np.full(320, 0.1, np.float32) for _ in range(20)]
+    blocks[5][7] = np.nan
+    blocks[9][0:3] = [np.inf, -np.inf, 4.0]
+    monkeypatch.setattr(sources, "_sounddevice", lambda: _FakeSoundDevice(blocks))
+    mic = sources.MicSource(16000).open()
+    got: list[np.ndarray] = []
+    stop = threading.Event()
+
+    def emit(chunk: sources.Chunk) -> None:
+        got.append(chunk.samples)
+        if sum(c.size for c in got) >= 320 * 19:
+            stop.set()
+
+    worker = threading.Thread(target=mic.run, args=(emit, stop), daemon=True)
+    worker.start()
+    worker.join(10)
+    audio = np.concatenate(got)
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert mic.stats() == {"overflows": 0, "dropped_frames": 0, "nonfinite_samples": 3,
+                           "clipped_samples": 1}
