@@ -79,6 +79,13 @@ def load_window(path: str | Path, sample_rate: int, n_samples: int) -> tuple[np.
 
 # ----------------------------------------------------------------------------- text block
 
+def method_title(method: str) -> str:
+    """What the report calls the map: the papers' "Grad-CAM" for Grad-CAM models, "Saliency"
+    for the Whisper model's gradient over the log-mel (the earlier reports said Grad-CAM for
+    both)."""
+    return {"gradcam": "Grad-CAM", "saliency": "Saliency"}.get(method, method)
+
+
 def text_block(expl: Explanation, source: str | None = None) -> str:
     """The paper's "Grad-CAM Analysis for class: ..." block (Figures 7-13), plus the control.
 
@@ -101,12 +108,12 @@ def text_block(expl: Explanation, source: str | None = None) -> str:
         f"{m.freq_focus_range[0]:.1f}-{m.freq_focus_range[1]:.1f}Hz"
     name = expl.target_name
     lines = [
-        f"Grad-CAM Analysis for class: {name}",
+        f"{method_title(expl.method)} Analysis for class: {name}",
         *([f"Source: {source}"] if source else []),
         f"Method: {expl.method} (frequency axis: {expl.mel_scale} mel-band centres)",
         f"{'Metric':<46}Value",
         f"{'Model Confidence':<46}{100 * m.confidence:.2f}% ({name})",
-        f"{'Grad-CAM Max Activation':<46}= {m.max_activation:.2f}"
+        f"{method_title(expl.method) + ' Max Activation':<46}= {m.max_activation:.2f}"
         + ("  (the map is zero everywhere: no positive evidence for this class at this layer)"
            if expl.raw_max <= 0 else ""),
         f"{'Activated Area':<46}= {m.activated_area_pct:.2f}% (CAM >= {m.threshold:g})",
@@ -182,7 +189,8 @@ def figure_png(expl: Explanation, path: str | Path, title: str | None = None) ->
     ax.invert_yaxis()
     ax.set_title("class probabilities")
     if title is None and m is not None:
-        title = (f"Grad-CAM Analysis for class: {expl.target_name} — confidence "
+        title = (f"{method_title(expl.method)} Analysis for class: {expl.target_name} — "
+                 f"confidence "
                  f"{100 * m.confidence:.1f}%, area {m.activated_area_pct:.1f}%, drop "
                  + ("n/a" if m.confidence_drop is None else f"{100 * m.confidence_drop:.1f}%"))
     if title:
@@ -233,7 +241,8 @@ def figure_html(expl: Explanation, path: str | Path, title: str | None = None) -
                          title_text=f"Hz ({expl.mel_scale} mel)")
     fig.update_xaxes(range=[0, 1], row=1, col=3)
     fig.update_yaxes(autorange="reversed", row=1, col=3)
-    fig.update_layout(title=title or f"Grad-CAM Analysis for class: {expl.target_name}",
+    fig.update_layout(title=title or f"{method_title(expl.method)} Analysis for class: "
+                                 f"{expl.target_name}",
                       height=480, showlegend=False)
     path = Path(path)
     fig.write_html(str(path), include_plotlyjs="directory", full_html=True)

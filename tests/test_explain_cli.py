@@ -99,3 +99,18 @@ def test_explain_per_class(tess_dir: Path, tiny_model_path: Path, tmp_path: Path
     assert rc == 1 and err.count("no correctly classified") >= 3
     assert "no correctly classified 'fear'" in err
     assert main(["explain", "--per-class", "--model", str(tiny_model_path)]) == 2
+
+
+@pytest.mark.timeout(120)
+def test_explain_names_the_shipped_models_method(tess_dir: Path, tmp_path: Path) -> None:
+    """The shipped Whisper model explains by saliency, and the report says so (it used to
+    title every report "Grad-CAM")."""
+    from emotion_monitor.cliutil import default_model_path
+
+    out = tmp_path / "rep"
+    f = tess_dir / "OAF_angry" / "OAF_bath_angry.flac"
+    assert main(["explain", str(f), "--model", str(default_model_path()), "-o", str(out)]) == 0
+    text = (out / f"00_{f.stem}.txt").read_text()
+    assert text.startswith("Saliency Analysis for class: ") and "Grad-CAM" not in text
+    assert "Saliency Max Activation" in text and "Method: saliency" in text
+    assert "Saliency Analysis" in (out / f"00_{f.stem}.html").read_text()
