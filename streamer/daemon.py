@@ -320,14 +320,15 @@ class Daemon:
                 return name
 
     async def _start_source(self, src: Any, kind: str | None = None,
-                            ref: str | int | None = None,
-                            timeout: float | None = -1.0) -> list[str]:
+                            ref: str | int | None = None, timeout: float | None = -1.0,
+                            slot_held: bool = False) -> list[str]:
         """Open (fast checks, in a thread), announce, and run a source; its stream ids.
-        ``timeout`` of the open: -1 the config's ``file_timeout_s``, None none."""
+        ``timeout`` of the open: -1 the config's ``file_timeout_s``, None none. ``slot_held``:
+        the caller already holds a ``StreamSlots.opening`` slot for this source."""
         from streamer.sources import SourceError
 
         try:
-            with self._slots.opening():
+            with contextlib.nullcontext() if slot_held else self._slots.opening():
                 try:
                     if not getattr(src, "pushed", False):  # a call (ingest.py): nothing to open
                         await self._off_loop(src.open, timeout=timeout)

@@ -65,6 +65,19 @@ async def start_replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
     File work (path checks, writing the upload) runs off the loop through ``daemon._off_loop``;
     an upload's private file is removed when its streams end (or at once if they never start).
     """
+    from streamer.guards import Busy
+
+    # The stream slot is held from the first moment, before any file work: 60 requests at
+    # once with a limit of 8 then get 8 slots and 52 prompt limit_reached, rather than 60
+    # path checks racing for the 8 file threads (busy) before the limit was ever looked at.
+    try:
+        with daemon._slots.opening():
+            return await _replay(daemon, msg, ref)
+    except Busy as exc:
+        raise RequestError("limit_reached", str(exc)) from None
+
+
+async def _replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
     from streamer.sources import FileSource, show_path
 
     speed, loop_ = float(msg.get("speed", 1.0)), bool(msg.get("loop", False))
@@ -89,7 +102,7 @@ async def start_replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
     if upload_path is not None:
         daemon._uploads[id(src)] = upload_path  # removed when its streams end
     try:
-        ids = await daemon._start_source(src, kind=kind, ref=ref)
+        ids = await daemon._start_source(src, kind=kind, ref=ref, slot_held=True)
     except RequestError:
         if upload_path is not None:
             daemon._uploads.pop(id(src), None)
