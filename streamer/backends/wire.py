@@ -73,7 +73,9 @@ def decode_chunk(body: bytes) -> Chunk:
         raise WireError(f"{len(data)} bytes of samples for {len(streams)} windows of {samples}")
     if any(not 0 <= i < len(streams) for i in explain):
         raise WireError("explain index out of range")
-    waves = np.frombuffer(data, dtype="<f4").reshape(len(streams), samples)
+    # a writable copy: torch refuses to share a read-only buffer (and warns), and the request
+    # body is freed as soon as this returns
+    waves = np.frombuffer(data, dtype="<f4").reshape(len(streams), samples).copy()
     return Chunk(waves, streams, seqs, explain, predict)
 
 
