@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from websockets.exceptions import ConnectionClosed
 
 from streamer import protocol
+from tests.ws_thread import ThreadedServer
 
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 CARD = {"name": "fake-floor", "classes": CLASSES, "sample_rate": 16000, "window_s": 3.0}
@@ -211,53 +212,33 @@ class Floor:
                                           "dropped_messages": 0}], self.elapsed)
 
 
-class FloorDaemon:
+class FloorDaemon(ThreadedServer):
     """`Floor` served over a websocket in real time (one tick every ``HOP_S``) to every client
     that connects. A new client first gets the last ``history_ticks`` ticks, then every tick
     after them with no gap (its own queue, filled in the same loop step as the snapshot), as a
     daemon's clients see a continuous stream. Each message is encoded once."""
 
+    thread_name = "floor-daemon"
+
     def __init__(self, n_calls: int, port: int = 0, seed: int = 0,
                  history_ticks: int = 0) -> None:
         self.floor = Floor(n_calls, seed, wall0=time.time() - history_ticks * HOP_S)
-        self.port = port
+        super().__init__(port)
         self.history: deque[list[str]] = deque(maxlen=max(1, history_ticks))
         for _ in range(history_ticks):
             self.history.append([protocol.encode(m) for m in self.floor.tick()])
         self.sent = 0
         self._queues: set[asyncio.Queue[str]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> FloorDaemon:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
-                                        daemon=True, name="floor-daemon")
-        self._thread.start()
-        assert ready.wait(10), "the floor daemon did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(10)
-
-    async def _main(self, ready: threading.Event) -> None:
-        from websockets.asyncio.server import serve
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", self.port, max_size=2**24) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            ticker = asyncio.ensure_future(self._tick())
-            ready.set()
-            await self._stop.wait()
+    async def _serving(self, ready: threading.Event) -> None:
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            await super()._serving(ready)
+        finally:
             ticker.cancel()
 
     async def _handler(self, ws) -> None:  # noqa: ANN001 - websockets' connection

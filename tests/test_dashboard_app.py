@@ -11,7 +11,6 @@ import json
 import math
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from dashboard.app import parse_args
 from dashboard.client import Feed
 from dashboard.state import Store
 from streamer import protocol
+from tests.ws_thread import ThreadedServer
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
@@ -120,40 +120,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class FakeDaemon:
+class FakeDaemon(ThreadedServer):
     """A tiny protocol v1 server in a thread: sends hello, then what a test pushes; records
     what clients send and answers `replay` with an ack."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
+        super().__init__(port)
         self.received: list[dict] = []
         self.outbox: list[dict] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> FakeDaemon:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(ready)),
-                                        daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "fake daemon did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(10)
-
-    async def _main(self, ready: threading.Event) -> None:
-        from websockets.asyncio.server import serve
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", self.port, max_size=2**24):
-            ready.set()
-            await self._stop.wait()
 
     async def _handler(self, ws) -> None:  # noqa: ANN001 - websockets' connection
         await ws.send(protocol.encode(hello()))
