@@ -120,3 +120,49 @@ def test_run_split_learns_and_speaker_norm_removes_the_voice() -> None:
     assert set(plain["tests"]["savee"]) == {"clean", "ulaw"}
     rows = cc.summarise([plain, normed])
     assert {r["speaker_norm"] for r in rows} == {False, True}
+
+
+def _with_streams(pool: cc.Pool, seed: int = 1) -> cc.Pool:
+    """Stream windows for every speaker whose emotion shows on features 7..13 instead of 0..6
+    (what a clip-trained head cannot know: windows of a stream are not centred clips)."""
+    rng = np.random.default_rng(seed)
+    for v in ("clean", "ulaw"):
+        pool.streams[v] = {}
+        for spk in np.unique(pool.speaker):
+            y = np.repeat(np.arange(7), 5)
+            x = rng.normal(0, 0.5, (len(y), 16)).astype(np.float32)
+            x[np.arange(len(y)), 7 + y] += 2.0
+            pool.streams[v][str(spk)] = (np.stack([x, x], 1)[:, :, None, :], y)
+    return pool
+
+
+def test_stream_mix_is_chosen_on_validation_streams_and_helps_on_held_out_streams() -> None:
+    pool = _with_streams(_pool())
+    split = next(s for s in cc.splits(pool, ["loco"]) if "savee" in s.tests)
+    choice, table = cc.choose(pool, split.train, False, blocks=[0], poolings=[1],
+                              mixes=(0.0, 1.0))
+    assert {r["choice"]["stream_mix"] for r in table} == {0.0, 1.0}
+    assert choice.stream_mix == 1.0 and "stream windows x1" in choice.label()
+    held = ["savee:DC", "savee:JE"]
+    scores = {}
+    for mix in (0.0, 1.0):
+        c = cc.Choice(0, choice.c, choice.phone_aug, 1, mix)
+        head = cc.train_head(pool, split.train, c, speaker_norm=False)
+        scores[mix] = cc.evaluate_streams(pool, head, held, c, "clean", list(range(7)))
+        # the clips are still learnt
+        assert cc.evaluate(pool, head, split.tests["savee"], c, False, "clean",
+                           list(range(7)))["accuracy"] > 0.6
+    assert scores[1.0]["accuracy"] > 0.8 > 0.4 > scores[0.0]["accuracy"]
+    assert cc.evaluate_streams(pool, head, ["nobody:X"], c, "clean", list(range(7))) is None
+
+
+def test_stream_windows_stay_out_of_speaker_norm_and_one_speaker_splits() -> None:
+    pool = _with_streams(_pool())
+    loco = next(s for s in cc.splits(pool, ["loco"]) if "savee" in s.tests)
+    _, table = cc.choose(pool, loco.train, True, blocks=[0], poolings=[1], mixes=(0.0, 1.0))
+    assert {r["choice"]["stream_mix"] for r in table} == {0.0}
+    one = next(s for s in cc.splits(pool, ["tess-si"]) if "TESS only" in s.name)
+    _, table = cc.choose(pool, one.train, False, blocks=[0], poolings=[1], mixes=(0.0, 1.0))
+    assert {r["choice"]["stream_mix"] for r in table} == {0.0}
+    with pytest.raises(ValueError, match="per-speaker"):
+        cc.train_head(pool, loco.train, cc.Choice(0, 0.1, False, 1, 1.0), speaker_norm=True)

@@ -53,14 +53,21 @@ def test_train_whisper_end_to_end(manifest: Path, whisper_checkpoint: Path, tmp_
     results = json.loads((out / "results.json").read_text())
     tests = {(r["protocol"], r["test"], r["speaker_norm"]) for r in results["summary"]}
     assert ("loco", "savee", False) in tests and ("shipped", "savee", True) in tests
+    assert results["meta"]["stream_mix"] == [0.0, 1.0]
     for split in results["splits"]:
         # chosen on training speakers only: the choice's block is one offered
         assert split["choice"]["block"] in (0, 1)
+        # stream windows are offered wherever there are held-out training speakers to score
+        # them on, and never with per-speaker normalisation
+        mixes = {r["choice"]["stream_mix"] for r in split["validation"]}
+        one_speaker = "TESS only" in split["split"]
+        assert mixes == ({0.0} if split["speaker_norm"] or one_speaker else {0.0, 1.0})
         for by_variant in split["tests"].values():
             assert set(by_variant) == {"clean", "ulaw"}
             assert 0.0 <= by_variant["clean"]["accuracy"] <= 1.0
     # the final head, exported and served
     cfg = json.loads((out / "config.json").read_text())
+    assert {r["choice"]["stream_mix"] for r in cfg["validation"]} == {0.0, 1.0}
     assert cfg["kind"] == "whisper" and cfg["trained_on"] == ["ravdess", "tess"]
     with np.load(out / "head.npz") as z:
         assert {"weight", "spk_weight", "prior_mean"} <= set(z.files)

@@ -46,6 +46,9 @@ class Pool:
 
     utts: list[Utterance]
     feats: dict[str, np.ndarray]
+    # variant -> speaker -> (features [n, pooling, block, 2D], labels) of that speaker's clips
+    # made into one stream (``train.embeddings.embed_stream``); empty: clips only
+    streams: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     corpus: np.ndarray = field(init=False)
     speaker: np.ndarray = field(init=False)
     label: np.ndarray = field(init=False)
@@ -192,10 +195,12 @@ class Choice:
     c: float
     phone_aug: bool  # train on clean + telephone-band copies
     pooling: int = 1  # index into POOLINGS
+    stream_mix: float = 0.0  # stream windows' total weight relative to the clips' (0: none)
 
     def label(self) -> str:
+        mix = f", stream windows x{self.stream_mix:g}" if self.stream_mix else ""
         return (f"block {self.block + 1}, {POOLINGS[self.pooling]} positions, C={self.c:g}, "
-                f"{'+phone' if self.phone_aug else 'clean'}")
+                f"{'+phone' if self.phone_aug else 'clean'}{mix}")
 
 
 def _design(pool: Pool, rows: np.ndarray, choice: Choice,
@@ -220,9 +225,47 @@ def train_head(pool: Pool, rows: np.ndarray, choice: Choice, speaker_norm: bool)
     prior = speaker_prior(pool.feats["clean"][rows, choice.pooling, choice.block],
                           pool.speaker[rows]) if speaker_norm else None
     x, y, corpus, _ = _design(pool, rows, choice, prior, variants)
-    head = fit_head(x, y, balanced_weights(corpus, y), choice.c)
+    w = balanced_weights(corpus, y)
+    if choice.stream_mix > 0:
+        if speaker_norm:
+            raise ValueError("stream windows are not combined with per-speaker normalisation")
+        sx, sy, sc = stream_design(pool, np.unique(pool.speaker[rows]), choice, variants)
+        if len(sy):
+            # Stream windows weigh ``stream_mix`` times the clips in total, corpora and classes
+            # balanced within each part.
+            sw = balanced_weights(sc, sy) * choice.stream_mix * len(y) / len(sy)
+            x, y, w = np.concatenate([x, sx]), np.concatenate([y, sy]), np.concatenate([w, sw])
+    head = fit_head(x, y, w, choice.c)
     head.prior = prior
     return head
+
+
+def stream_design(pool: Pool, speakers: Sequence[str], choice: Choice,
+                  variants: Sequence[str] = ("clean",)
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, corpus) of the stream windows of ``speakers`` that have them."""
+    xs, ys, cs = [], [], []
+    for v in variants:
+        for spk in speakers:
+            if str(spk) in pool.streams.get(v, {}):
+                f, lab = pool.streams[v][str(spk)]
+                xs.append(f[:, choice.pooling, choice.block])
+                ys.append(lab)
+                cs.append(np.full(len(lab), str(spk).split(":")[0]))
+    if not ys:
+        dim = pool.feats["clean"].shape[-1]
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, str)
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64), np.concatenate(cs)
+
+
+def evaluate_streams(pool: Pool, head: LinearHead, speakers: Sequence[str], choice: Choice,
+                     variant: str, classes: Sequence[int]) -> dict | None:
+    """Metrics of ``head`` on the stream windows of ``speakers`` (None: they have none)."""
+    x, y, _ = stream_design(pool, speakers, choice, (variant,))
+    keep = np.isin(y, list(classes))
+    if not keep.any():
+        return None
+    return metrics(y[keep], predict(head, x[keep], classes), classes)
 
 
 def evaluate(pool: Pool, head: LinearHead, rows: np.ndarray, choice: Choice, speaker_norm: bool,
@@ -256,27 +299,42 @@ def inner_folds(speakers: np.ndarray, k: int = INNER_FOLDS, seed: int = 0) -> li
 def choose(pool: Pool, train_rows: np.ndarray, speaker_norm: bool,
            blocks: Sequence[int], c_grid: Sequence[float] = C_GRID,
            phone_options: Sequence[bool] = (False, True),
-           poolings: Sequence[int] = (0, 1)) -> tuple[Choice, list[dict]]:
-    """The (block, C, augmentation) with the best mean validation UAR over clean and telephone
-    audio, by grouped CV over the training speakers only (over words when there is one)."""
+           poolings: Sequence[int] = (0, 1),
+           mixes: Sequence[float] = (0.0,)) -> tuple[Choice, list[dict]]:
+    """The (block, C, augmentation, pooling, stream-window mix) with the best mean validation
+    UAR, by grouped CV over the training speakers only (over words when there is one).
+
+    The score is the mean UAR over the validation speakers' clips, clean and telephone band,
+    and, where the pool has their stream windows, those too (clean and telephone band): the
+    monitor is watched on streams. Stream windows are used (in training and scoring) only when
+    there are held-out training speakers and no per-speaker normalisation."""
     groups = pool.speaker[train_rows]
-    if len(np.unique(groups)) < INNER_FOLDS:
+    by_speaker = len(np.unique(groups)) >= INNER_FOLDS
+    if not by_speaker:
         # One training speaker (TESS-only splits): no held-out speaker exists on the training
         # side, so validate on held-out words instead (the nearest thing it has).
         groups = np.array([f"{pool.speaker[i]}:{pool.utts[i].word or pool.utts[i].text or i}"
                            for i in train_rows])
+    use_streams = by_speaker and not speaker_norm and bool(pool.streams)
+    if not use_streams:
+        mixes = (0.0,)
     folds = inner_folds(groups)
     table = []
-    for block, c, phone, pooling in itertools.product(blocks, c_grid, phone_options, poolings):
-        choice = Choice(block, c, phone, pooling)
+    for block, c, phone, pooling, mix in itertools.product(blocks, c_grid, phone_options,
+                                                          poolings, mixes):
+        choice = Choice(block, c, phone, pooling, mix)
         uars = []
         for val_groups in folds:
             val = np.isin(groups, val_groups)
             head = train_head(pool, train_rows[~val], choice, speaker_norm)
+            classes = sorted(set(pool.label[train_rows[val]].tolist()))
             for variant in ("clean", "ulaw"):
-                classes = sorted(set(pool.label[train_rows[val]].tolist()))
                 uars.append(evaluate(pool, head, train_rows[val], choice, speaker_norm,
                                      variant, classes)["uar"])
+                if use_streams:
+                    m = evaluate_streams(pool, head, val_groups, choice, variant, classes)
+                    if m is not None:
+                        uars.append(m["uar"])
         table.append({"choice": asdict(choice), "val_uar": float(np.mean(uars))})
     best = max(table, key=lambda r: r["val_uar"])
     return Choice(**best["choice"]), table
@@ -332,9 +390,10 @@ def splits(pool: Pool, protocols: Sequence[str]) -> list[Split]:
 
 
 def run_split(pool: Pool, split: Split, speaker_norm: bool, blocks: Sequence[int],
-              poolings: Sequence[int] = (0, 1)) -> dict:
+              poolings: Sequence[int] = (0, 1), mixes: Sequence[float] = (0.0,)) -> dict:
     """Choose on training speakers, fit on the whole training side, score each test set."""
-    choice, table = choose(pool, split.train, speaker_norm, blocks, poolings=poolings)
+    choice, table = choose(pool, split.train, speaker_norm, blocks, poolings=poolings,
+                           mixes=mixes)
     head = train_head(pool, split.train, choice, speaker_norm)
     train_classes = set(pool.label[split.train].tolist())
     result = {"protocol": split.protocol, "split": split.name, "speaker_norm": speaker_norm,
@@ -379,7 +438,7 @@ def summarise(results: list[dict]) -> list[dict]:
 
 __all__ = [
     "C_GRID", "Choice", "LinearHead", "Pool", "Split", "balanced_weights", "choose", "evaluate",
-    "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds", "run_split",
-    "PRIOR_WINDOWS", "shrunk_moments", "speaker_prior", "speaker_standardise", "splits",
-    "summarise", "train_head",
+    "evaluate_streams", "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds",
+    "run_split", "PRIOR_WINDOWS", "shrunk_moments", "speaker_prior", "speaker_standardise",
+    "splits", "stream_design", "summarise", "train_head",
 ]

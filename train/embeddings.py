@@ -1,5 +1,8 @@
 """Frozen Whisper-encoder features of every clip, per block, cached: what the heads train on.
 
+Two kinds of input: a clip's centred window (``embed_utterances``), and the windows of a
+speaker's clips made into one stream (``embed_stream``), which is what the daemon sees.
+
 A clip becomes the served model's input first: one 3-s window, the clip centred in it with the
 evaluation floor (``train.augment.eval_window``; longer clips are centre-cropped), optionally
 through the telephone band (``train.telephone``). Then the encoder runs once and every block's
@@ -25,7 +28,8 @@ from tqdm import tqdm
 from train.audio import AudioError, load_audio
 from train.augment import eval_window
 from train.cache import file_key
-from train.corpus import Utterance
+from train.corpus import EMOTIONS, Utterance
+from train.stream_eval import build_stream, voiced_windows
 from train.telephone import telephone_band
 from train.whisper import WhisperLogMel, load_encoder
 from train.whisper_emotion import block_features
@@ -107,4 +111,62 @@ def embed_utterances(
     return features, kept_arr
 
 
-__all__ = ["VARIANTS", "WINDOW_SAMPLES", "default_cache_dir", "embed_utterances", "window_of"]
+def _run_encoder(path: Path, waves: list[np.ndarray], desc: str, batch_size: int,
+                 progress: bool) -> np.ndarray:
+    encoder = load_encoder(path)
+    front = WhisperLogMel(encoder.dims.n_mels)
+    feats = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(waves), batch_size), desc=desc, unit="batch",
+                      disable=not progress, leave=False):
+            batch = torch.from_numpy(np.stack(waves[i:i + batch_size]))
+            feats.append(block_features(encoder, front, batch).numpy())
+    return np.concatenate(feats)
+
+
+def embed_stream(
+    utts: Sequence[Utterance],
+    encoder_path: str | Path,
+    variant: str = "clean",
+    hop: int = 16_000,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features [n_windows, 2 poolings, n_blocks, 2D], labels [n_windows]) of the voiced 3-s
+    windows (every ``hop`` samples) of ``utts`` made into one stream
+    (``train.stream_eval.build_stream``, seeded), each labelled with the emotion covering most
+    of its voiced samples. ``ulaw`` passes the whole stream through the telephone band, as a
+    recorded call would. Every clip must be readable (a stream with a hole is another stream).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    encoder_path = Path(encoder_path)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _key(utts, f"stream-{variant}-hop{hop}-seed{seed}", encoder_path)
+    path = root / f"stream-{variant}-{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["features"], z["labels"]
+    clips = [torch.from_numpy(load_audio(u.path)) for u in utts]
+    stream = build_stream(clips, [u.label for u in utts], seed=seed)
+    wave = stream.wave.numpy()
+    if variant == "ulaw":
+        wave = telephone_band(wave, codec="ulaw")
+    starts, labels = voiced_windows(stream, len(EMOTIONS), WINDOW_SAMPLES, hop)
+    waves = [wave[s:s + WINDOW_SAMPLES] for s in starts.tolist()]
+    if waves:
+        features = _run_encoder(encoder_path, waves, f"stream windows ({variant})", batch_size,
+                                progress)
+    else:
+        features = np.zeros((0, 2, 0, 0), np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, features=features, labels=labels.numpy())
+    tmp.replace(path)
+    return features, labels.numpy()
+
+
+__all__ = ["VARIANTS", "WINDOW_SAMPLES", "default_cache_dir", "embed_stream", "embed_utterances",
+           "window_of"]

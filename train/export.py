@@ -491,8 +491,10 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
         "parameters": count_parameters(model),
         "training": {"corpora": cfg.get("trained_on"), "clips": cfg.get("n_train"),
                      "balancing": cfg.get("balancing"), "choice": cfg.get("choice_label"),
+                     "stream_windows": cfg.get("stream_windows"),
                      "chosen_on": "grouped cross-validation over the training speakers "
-                                  "(3 folds), mean UAR on clean and telephone-band audio",
+                                  "(3 folds), mean UAR on clean and telephone-band audio "
+                                  "(clips, and stream windows where offered)",
                      "encoder": f"Whisper tiny ({encoder.name}), frozen"},
         "metrics": _whisper_metrics(results),
         "stream_norm": {

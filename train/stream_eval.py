@@ -104,6 +104,15 @@ def window_labels(
     return starts, lab
 
 
+def voiced_windows(stream: Stream, n_classes: int, window: int, hop: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start sample and label of every window of ``stream`` with a voiced sample: the windows
+    the stream protocol scores (and the stream windows a head may train on)."""
+    starts, lab = window_labels(stream.labels, n_classes, window, hop)
+    keep = lab >= 0
+    return starts[keep], lab[keep]
+
+
 def evaluate_stream(
     predict: Callable[[torch.Tensor], torch.Tensor],
     stream: Stream,
@@ -115,9 +124,7 @@ def evaluate_stream(
     """Window accuracy of ``predict`` (wave [B, N] -> probabilities [B, C]) over a stream."""
     window = int(round(window_s * stream.sample_rate))
     hop = int(round(hop_s * stream.sample_rate))
-    starts, lab = window_labels(stream.labels, n_classes, window, hop)
-    keep = lab >= 0
-    starts, lab = starts[keep], lab[keep]
+    starts, lab = voiced_windows(stream, n_classes, window, hop)
     preds: list[torch.Tensor] = []
     with torch.no_grad():
         for i in range(0, starts.numel(), batch_size):
@@ -140,4 +147,5 @@ def evaluate_stream(
     }
 
 
-__all__ = ["Stream", "build_stream", "evaluate_stream", "voiced_mask", "window_labels"]
+__all__ = ["Stream", "build_stream", "evaluate_stream", "voiced_mask", "voiced_windows",
+           "window_labels"]

@@ -29,11 +29,8 @@ import torch
 from tqdm import tqdm
 
 from train import crosscorpus as cc
-from train.audio import load_audio
-from train.corpus import EMOTIONS, Utterance, load_corpora
-from train.embeddings import embed_utterances
-from train.stream_eval import build_stream, window_labels
-from train.whisper_emotion import WhisperEmotion, WhisperEmotionConfig, build
+from train.corpus import Utterance, load_corpora
+from train.embeddings import embed_stream, embed_utterances
 
 SERVED_C = 0.003
 MIXES = (0.0, 0.25, 0.5, 1.0)  # stream windows' total weight relative to the clips'
@@ -41,20 +38,12 @@ WINDOW, TRAIN_HOP, TEST_HOP = 48_000, 16_000, 8_000
 BLOCK, VOICED = 1, 1  # block 2, voiced pooling: the served recipe's features
 
 
-def stream_windows(model: WhisperEmotion, utts: Sequence[Utterance], hop: int, seed: int,
-                   desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and labels of the voiced windows of ``utts`` made into one stream."""
-    clips = [torch.from_numpy(load_audio(u.path)) for u in utts]
-    stream = build_stream(clips, [u.label for u in utts], seed=seed)
-    starts, lab = window_labels(stream.labels, len(EMOTIONS), WINDOW, hop)
-    keep = lab >= 0
-    starts, lab = starts[keep].tolist(), lab[keep].numpy()
-    feats = []
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(starts), 32), desc=desc, unit="batch", leave=False):
-            batch = torch.stack([stream.wave[s:s + WINDOW] for s in starts[i:i + 32]])
-            feats.append(model.embed(batch).numpy())
-    return np.concatenate(feats), lab
+def stream_windows(encoder: str, utts: Sequence[Utterance], hop: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (the served block and pooling) and labels of the voiced windows of
+    ``utts`` made into one stream (``train.embeddings.embed_stream``)."""
+    feats, labels = embed_stream(utts, encoder, "clean", hop=hop, seed=seed, progress=False)
+    return feats[:, VOICED, BLOCK], labels
 
 
 def fit(clip_x: np.ndarray, clip_y: np.ndarray, clip_corpus: np.ndarray, sx: np.ndarray,
@@ -112,15 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(order) != len(clip_x):
         raise RuntimeError("a file could not be read; this probe needs every clip")
     pool = cc.Pool(order, {})
-    model = build(args.encoder, WhisperEmotionConfig(n_blocks=2, pooling="voiced"))
 
     # training-side streams: one per speaker (a monitored stream is one speaker)
     train_corpora = ("tess", "ravdess")
     spk_streams: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for k, spk in enumerate(sorted(set(pool.speaker[np.isin(pool.corpus, train_corpora)]))):
+    speakers = sorted(set(pool.speaker[np.isin(pool.corpus, train_corpora)]))
+    for k, spk in enumerate(tqdm(speakers, desc="speaker streams", unit="speaker")):
         rows = np.flatnonzero(pool.speaker == spk)
-        spk_streams[spk] = stream_windows(model, [pool.utts[i] for i in rows], TRAIN_HOP,
-                                          seed=k, desc=spk)
+        spk_streams[spk] = stream_windows(args.encoder, [pool.utts[i] for i in rows],
+                                          TRAIN_HOP, seed=k)
 
     splits = cc.splits(pool, ["ravdess-ai", "shipped"])
     results = []
@@ -140,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in split.tests.items():
             classes = sorted(set(cy.tolist()) & set(pool.label[rows].tolist()))
             rows = rows[np.isin(pool.label[rows], classes)]
-            tx, ty = stream_windows(model, [pool.utts[i] for i in rows], TEST_HOP, seed=0,
-                                    desc=f"test {name}")
+            tx, ty = stream_windows(args.encoder, [pool.utts[i] for i in rows], TEST_HOP,
+                                    seed=0)
             row["tests"][name] = {
                 head_name: {"clips": cc.metrics(pool.label[rows],
                                                 cc.predict(h, clip_x[rows], classes), classes),

@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "voiced: stream windows hold silence and utterance edges, and on validation "
                    "speakers voiced pooling scored higher on the stream protocol "
                    "(runs/stream_validation.json, see docs/results/crosscorpus.md)")
+    p.add_argument("--stream-mix", type=float, nargs="+", default=[0.0, 1.0], metavar="W",
+                   help="weights the choice may give the training speakers' stream windows "
+                   "(each speaker's clips made into one stream, a window every 1 s), relative "
+                   "to the clips; 0 = clips only (default: 0 1, chosen on validation speakers, "
+                   "who are then also scored on their stream windows)")
     p.add_argument("--final", nargs="*", default=None, metavar="CORPUS",
                    help="fit the served head on these corpora (e.g. tess ravdess)")
     p.add_argument("--calm", default="neutral", choices=("neutral", "drop"),

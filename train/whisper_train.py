@@ -21,16 +21,18 @@ import json
 import platform
 import sys
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from train import crosscorpus as cc
 from train.audio import load_audio
 from train.corpus import EMOTIONS, Utterance, load_corpora
-from train.embeddings import VARIANTS, embed_utterances
+from train.embeddings import VARIANTS, embed_stream, embed_utterances
 from train.stream_eval import build_stream, evaluate_stream
 from train.whisper_args import add_arguments
 from train.whisper_emotion import ARCHITECTURE, WhisperEmotionConfig, build
@@ -67,6 +69,24 @@ def build_pool(specs: list[str], encoder: str, progress: bool = True,
     keep = np.array([calm != "drop" or not is_calm(u) for u in utts])
     return cc.Pool([u for u, k in zip(utts, keep, strict=True) if k],
                    {v: np.concatenate(feats[v])[keep] for v in VARIANTS})
+
+
+STREAM_TRAIN_HOP = 16_000  # training stream windows every 1 s (the daemon's hop is 0.5 s)
+
+
+def add_streams(pool: cc.Pool, encoder: str, progress: bool = True) -> None:
+    """Each speaker's clips made into one stream, its voiced windows' features for both
+    variants (``train.embeddings.embed_stream``, cached): what a head may train on beside the
+    clips, and what validation scores it on. Seeded by the speaker's name."""
+    speakers = list(dict.fromkeys(pool.speaker.tolist()))
+    for v in VARIANTS:
+        pool.streams[v] = {}
+        for spk in tqdm(speakers, desc=f"speaker streams ({v})", unit="speaker",
+                        disable=not progress):
+            rows = np.flatnonzero(pool.speaker == spk)
+            pool.streams[v][spk] = embed_stream([pool.utts[i] for i in rows], encoder, v,
+                                                hop=STREAM_TRAIN_HOP,
+                                                seed=zlib.crc32(spk.encode()), progress=False)
 
 
 def _markdown(summary: list[dict]) -> str:
@@ -119,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     (out / "splits").mkdir(parents=True, exist_ok=True)
     pool = build_pool(args.data, args.encoder, progress=not args.quiet, calm=args.calm)
     print(f"{len(pool.utts)} clips from {', '.join(sorted(set(pool.corpus)))}", file=sys.stderr)
+    mixes = tuple(args.stream_mix)
+    if any(mixes):
+        add_streams(pool, args.encoder, progress=not args.quiet)
+        n = sum(len(y) for _, y in pool.streams["clean"].values())
+        print(f"{n} stream windows from {len(pool.streams['clean'])} speakers", file=sys.stderr)
     blocks = [b - 1 for b in args.blocks]
     poolings = {"both": (0, 1), "all": (0,), "voiced": (1,)}[args.pooling]
     norms = {"off": [False], "on": [True], "both": [False, True]}[args.speaker_norm]
@@ -131,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             r = json.loads(file.read_text())
         else:
             t0 = time.time()
-            r = cc.run_split(pool, split, norm, blocks, poolings)
+            r = cc.run_split(pool, split, norm, blocks, poolings, mixes)
             r["seconds"] = round(time.time() - t0, 1)
             file.write_text(json.dumps(r) + "\n")
             acc = {t: round(100 * v["clean"]["accuracy"], 1) for t, v in r["tests"].items()}
@@ -147,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         results.append(r)
     summary = cc.summarise(results)
     meta = {"encoder": str(args.encoder), "data": args.data, "blocks": args.blocks,
-            "pooling": args.pooling,
+            "pooling": args.pooling, "stream_mix": list(mixes),
+            "stream_train_hop_s": STREAM_TRAIN_HOP / 16000,
             "ravdess_calm": args.calm,
             "c_grid": list(cc.C_GRID), "inner_folds": cc.INNER_FOLDS,
             "machine": platform.platform(), "torch": torch.__version__,
@@ -160,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if args.publish:
         publish(out, Path(args.publish), meta, summary)
     if args.final:
-        final(pool, args, out, blocks, poolings)
+        final(pool, args, out, blocks, poolings, mixes)
     return 0
 
 
@@ -212,10 +238,11 @@ def stream_accuracy(pool: cc.Pool, split: cc.Split, result: dict, encoder: str) 
 
 
 def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int],
-          poolings: tuple[int, ...] = (0, 1)) -> None:
+          poolings: tuple[int, ...] = (0, 1), mixes: tuple[float, ...] = (0.0,)) -> None:
     """Fit the served head on ``--final`` corpora; save what export needs."""
     rows = np.flatnonzero(np.isin(pool.corpus, args.final))
-    choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks, poolings=poolings)
+    choice, table = cc.choose(pool, rows, speaker_norm=False, blocks=blocks, poolings=poolings,
+                              mixes=mixes)
     head = cc.train_head(pool, rows, choice, speaker_norm=False)
     # The per-stream head: same block and pooling (one encoder depth serves both), its own C.
     spk_choice, spk_table = cc.choose(pool, rows, speaker_norm=True, blocks=[choice.block],
@@ -234,6 +261,15 @@ def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int],
         "stream_validation": spk_table,
         "architecture": ARCHITECTURE,
         "balancing": "each (corpus, class) cell has equal total weight",
+        "stream_windows": None if not choice.stream_mix else {
+            "weight_vs_clips": choice.stream_mix,
+            "windows": int(sum(len(pool.streams["clean"][s][1])
+                               for s in np.unique(pool.speaker[rows]))),
+            "how": "each training speaker's clips made into one stream (random order, "
+                   "0.2-0.8 s gaps, -65 dBFS floor), a 3-s window every 1 s labelled with the "
+                   "emotion covering most of its voiced samples; corpora and classes balanced "
+                   "within the windows' share",
+        },
     }, indent=1) + "\n")
     print(f"final head: {choice.label()} on {len(rows)} clips of {', '.join(args.final)} "
           f"-> {out / 'head.npz'}", file=sys.stderr)
