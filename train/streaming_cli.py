@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p = add_command(
         _train_group(sub),
         "streaming",
-        help="train the streaming CNN-LSTM (the model the daemon serves) on a corpus",
+        help="train the earlier TESS-style streaming CNN-LSTM (served recipe: train whisper)",
         description="Train and evaluate the streaming CNN-LSTM under the chosen protocols (plus "
         "the stream protocol), and with --final train it on all the data; then "
         "`emotion-monitor export RUN_DIR -o models/NAME.pt`. More options: "
