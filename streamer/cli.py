@@ -117,7 +117,12 @@ def _register_stream(sub: Any) -> None:
                    help="directory clients may replay files from (default: none)")
     s.add_argument("--max-clients", type=int, default=64)
     s.add_argument("--max-upload-mb", type=float, default=20.0,
-                   help="largest uploaded file a client may replay (MiB, default 20)")
+                   help="largest uploaded file a client may replay (MiB, default 20); past "
+                   "--max-inline-upload-mb it must come as a chunked upload")
+    s.add_argument("--max-inline-upload-mb", type=float, default=4.0,
+                   help="largest upload a replay may carry inline as base64 (MiB, default 4); "
+                   "the websocket frame limit, so what each client can make the daemon "
+                   "buffer, follows from it")
     s.add_argument("--queue-size", type=int, default=256,
                    help="messages buffered per client before the oldest are dropped")
     d = p.add_argument_group("conversation dynamics (calls: pushed calls, --split-channels)")
@@ -251,6 +256,7 @@ def _stream(args: argparse.Namespace) -> int:
                           origins=(*DEFAULT_ORIGINS, *args.allow_origin),
                           max_clients=args.max_clients,
                           max_upload_bytes=int(args.max_upload_mb * 2**20),
+                          max_inline_upload_bytes=int(args.max_inline_upload_mb * 2**20),
                           queue_size=args.queue_size)
     config = DaemonConfig(
         model_path=args.model, device=args.device, hop_s=args.hop,

@@ -214,7 +214,7 @@ class Daemon:
             self.recorder = AudioRecorder(self.config.sessions_dir, self.session_id,
                                           self.model.sample_rate)
         self._publish(self.hello(None), broadcast=False)
-        self.server = Server(self.config.server, self.hello, self._on_request,
+        self.server = Server(self.config.server, self.hello, self._on_request, uploads=self.uploads,
                              ingest=IngestHub(self.config.ingest, self, self.config.server.token))
         infer = asyncio.create_task(self._infer_loop(), name="inference")
         status = asyncio.create_task(self._status_loop(), name="status")

@@ -77,9 +77,15 @@ def decode_base64(data: str, chunk: int = 2**20) -> bytes:
     return bytes(out)
 
 
+def _inline_too_large(limit: int) -> str:
+    return (f"inline upload over the limit of {limit} bytes; send a larger file as a chunked "
+            "upload (upload_start)")
+
+
 def read_request(raw: str | bytes, max_message_bytes: int, max_upload_bytes: int) -> dict:
     """Parse, check and validate one client frame; Rejected on anything wrong. An upload's
-    base64 ``data`` comes back decoded as ``upload["bytes"]`` (``data`` dropped)."""
+    base64 ``data`` (at most ``max_upload_bytes`` decoded: the inline limit) comes back decoded
+    as ``upload["bytes"]`` (``data`` dropped)."""
     if isinstance(raw, bytes):
         raise Rejected("bad_json", "send JSON text frames, not binary")
     size = _utf8_size(raw)
@@ -102,7 +108,7 @@ def read_request(raw: str | bytes, max_message_bytes: int, max_upload_bytes: int
         raise Rejected("invalid_message", "a string holds a lone surrogate escape "
                        "(\\ud800-\\udfff): not valid Unicode", ref)
     if data is not None and len(data) > b64_limit(max_upload_bytes):
-        raise Rejected("too_large", f"upload over the limit of {max_upload_bytes} bytes", ref)
+        raise Rejected("too_large", _inline_too_large(max_upload_bytes), ref)
     try:
         msg = protocol.validate(obj, direction="client")
     except protocol.ProtocolError as exc:
@@ -113,18 +119,19 @@ def read_request(raw: str | bytes, max_message_bytes: int, max_upload_bytes: int
         except (binascii.Error, ValueError):
             raise Rejected("invalid_message", "replay.upload.data is not base64", ref) from None
         if len(decoded) > max_upload_bytes:
-            raise Rejected("too_large", f"upload over the limit of {max_upload_bytes} bytes",
-                           ref)
+            raise Rejected("too_large", _inline_too_large(max_upload_bytes), ref)
         msg = {**msg, "upload": {"name": msg["upload"]["name"], "bytes": decoded}}
     return msg
 
 
 class UploadBudget:
-    """Bytes of large frames being decoded at once, across all clients.
+    """Upload bytes in flight, across all clients: large frames being decoded, and chunked
+    uploads from their start to their replay (``streamer/chunked.py``).
 
     Twenty clients each sending a 27 MB upload frame held ~3 copies of each (frame text,
-    parsed data, decoded bytes) at the same time; past ``limit`` a frame is refused at once
-    with ``busy`` instead, so the daemon's memory stays bounded and comes back.
+    parsed data, decoded bytes) at the same time; past ``limit`` a frame (or an upload_start)
+    is refused at once with ``busy`` instead, so the daemon's memory and its uploads' disk
+    stay bounded and come back.
     """
 
     def __init__(self, limit: int) -> None:

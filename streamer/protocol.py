@@ -38,7 +38,8 @@ SERVER_TYPES = (
     "hello", "prediction", "explanation", "status", "stream_started", "stream_ended",
     "error", "ack", "pong", "dynamics",
 )
-CLIENT_TYPES = ("subscribe", "replay", "stop_stream", "ping")
+#: ``upload_start`` opens a chunked upload (binary frames follow; docs/protocol.md).
+CLIENT_TYPES = ("subscribe", "replay", "stop_stream", "ping", "upload_start")
 
 ERROR_CODES = (
     "bad_json",            # the text was not a JSON object
@@ -47,13 +48,15 @@ ERROR_CODES = (
     "unsupported_version",  # "v" is not "1"
     "too_large",           # message or upload over the server's limit
     "forbidden",           # replay path outside the allowed directory, or replay disabled
-    "not_found",           # replay path or stream id does not exist
+    "not_found",           # replay path, stream id or upload id does not exist
     "bad_audio",           # the file is not audio libsndfile can read, or is empty
     "source_failed",       # a running source failed (microphone unplugged, read error)
     "limit_reached",       # too many streams
-    "busy",                # too much in progress (uploads being decoded, file checks): retry
+    "busy",                # too much in progress (uploads being received, file checks): retry
     "log_truncated",       # the session log reached its size cap: explanations no longer logged
     "internal",            # a bug on the server side; the connection stays usable
+    # Added with chunked uploads; sent only about an upload the client opened (upload_start).
+    "timeout",             # an upload sent no data for too long (or took too long): abandoned
 )
 END_REASONS = ("eof", "stopped", "error", "shutdown")
 #: "call": audio pushed to the daemon's ingest websocket (a phone platform's Media Streams
@@ -79,6 +82,7 @@ _NUM = {"type": "number"}
 _NONNEG = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
 _STREAM_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
+_UPLOAD_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"}
 _LABEL = {"type": "string", "minLength": 1, "maxLength": 64}
 #: Integer ids stay within what every JSON parser holds exactly (JavaScript's safe integers).
 MAX_INT_ID = 2**53 - 1
@@ -217,7 +221,14 @@ SCHEMAS: dict[str, dict] = {
         "explain_every": _COUNT,
         "streams": {"type": "array", "items": _STREAM_INFO},
         "limits": {"type": "object", "properties": {
-            "max_message_bytes": _COUNT, "max_upload_bytes": _COUNT, "queue_size": _COUNT},
+            "max_message_bytes": _COUNT,
+            "max_upload_bytes": {**_COUNT, "description": "largest upload a replay may carry "
+                                 "inline (upload.data, decoded)"},
+            "queue_size": _COUNT,
+            "max_chunked_upload_bytes": {**_COUNT, "description": "largest upload sent in "
+                                         "chunks (upload_start); absent: no chunked uploads"},
+            "max_chunk_bytes": {**_COUNT, "description": "largest binary frame (chunk) of a "
+                                "chunked upload"}},
             "required": ["max_message_bytes", "max_upload_bytes", "queue_size"]},
         "wall_time": _NUM,
     }, ["session_id", "client_id", "server", "model", "hop_s", "explain_every", "streams",
@@ -337,6 +348,8 @@ SCHEMAS: dict[str, dict] = {
         "ref": _REF,
         "stream": _STREAM_ID,
         "streams": {"anyOf": [{"type": "array", "items": _STREAM_ID}, {"const": "*"}]},
+        "upload_id": {**_UPLOAD_ID, "description": "upload_start's answer: the upload to send "
+                      "the binary chunks of and to name in replay"},
     }, ["request"]),
     "dynamics": _msg("dynamics", {
         "call": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -381,12 +394,22 @@ SCHEMAS: dict[str, dict] = {
             "name": {"type": "string", "minLength": 1, "maxLength": 255},
             "data": {"type": "string"}},
             "required": ["name", "data"], "additionalProperties": False},
+        "upload_id": {**_UPLOAD_ID, "description": "a finished chunked upload of this "
+                      "connection (upload_start)"},
         "speed": {"type": "number", "minimum": 0, "maximum": 1000},
         "loop": {"type": "boolean"},
         "split_channels": {"type": "boolean"},
-    }, [], anyOf=[{"required": ["path"]}, {"required": ["upload"]}]),
+    }, [], anyOf=[{"required": ["path"]}, {"required": ["upload"]},
+                  {"required": ["upload_id"]}]),
     "stop_stream": _msg("stop_stream", {"id": _REF, "stream": _STREAM_ID}, ["stream"]),
     "ping": _msg("ping", {"id": _REF, "t": _NUM}, []),
+    "upload_start": _msg("upload_start", {
+        "id": _REF,
+        "name": {"type": "string", "minLength": 1, "maxLength": 255},
+        "bytes": {"type": "integer", "minimum": 1,
+                  "description": "the file's size: exactly this many bytes follow in binary "
+                  "frames"},
+    }, ["name", "bytes"]),
 }
 
 
@@ -540,9 +563,17 @@ def _check_client_id(msg: Mapping) -> None:
                             f"{msg['type']}.id: {excerpt(msg['id'])} is not an integer")
 
 
+def _check_replay(msg: Mapping) -> None:
+    given = [k for k in ("path", "upload", "upload_id") if k in msg]
+    if len(given) > 1:
+        raise ProtocolError("invalid_message",
+                            f"replay: give one of path, upload, upload_id (got {given})")
+
+
 _SEMANTIC_CHECKS: dict[str, Callable[[Mapping], None]] = {
     "prediction": _check_prediction,
     "explanation": _check_explanation,
+    "replay": _check_replay,
 }
 
 
@@ -768,9 +799,10 @@ def error(code: str, message: str, ref: str | int | None = None,
 
 
 def ack(request: str, ref: str | int | None = None, stream: str | None = None,
-        streams: Sequence[str] | str | None = None) -> dict:
+        streams: Sequence[str] | str | None = None, upload_id: str | None = None) -> dict:
     return _base("ack", request=request, ref=ref, stream=stream,
-                 streams=list(streams) if isinstance(streams, (list, tuple)) else streams)
+                 streams=list(streams) if isinstance(streams, (list, tuple)) else streams,
+                 upload_id=upload_id)
 
 
 def dynamics(call: str, t_s: float, sides: Sequence[Mapping[str, Any]], overlap_s: float,
@@ -806,16 +838,33 @@ def subscribe(streams: Sequence[str] | str = "*", types: Sequence[str] | None = 
 
 def replay(path: str | None = None, upload_name: str | None = None,
            upload_data: bytes | None = None, speed: float = 1.0, loop: bool = False,
-           split_channels: bool = False, id: str | int | None = None) -> dict:
-    """Ask the daemon to replay a file from its allowed directory, or an uploaded file."""
-    if (path is None) == (upload_data is None):
-        raise ValueError("give either path or upload_data")
+           split_channels: bool = False, id: str | int | None = None,
+           upload_id: str | None = None) -> dict:
+    """Ask the daemon to replay a file from its allowed directory, an uploaded file (inline,
+    base64: up to ``limits.max_upload_bytes``), or a finished chunked upload (``upload_id``)."""
+    if sum(x is not None for x in (path, upload_data, upload_id)) != 1:
+        raise ValueError("give one of path, upload_data, upload_id")
     upload = None
     if upload_data is not None:
         upload = {"name": upload_name or "upload",
                   "data": base64.b64encode(upload_data).decode("ascii")}
-    return _base("replay", id=id, path=path, upload=upload, speed=float(speed),
-                 loop=bool(loop), split_channels=bool(split_channels))
+    return _base("replay", id=id, path=path, upload=upload, upload_id=upload_id,
+                 speed=float(speed), loop=bool(loop), split_channels=bool(split_channels))
+
+
+def upload_start(name: str, size: int, id: str | int | None = None) -> dict:
+    """Open a chunked upload of ``size`` bytes: after its ``ack`` (which carries the
+    ``upload_id``) send the file as binary frames (``upload_chunks``), then a ``replay`` with
+    that ``upload_id``."""
+    return _base("upload_start", id=id, name=name, bytes=int(size))
+
+
+def upload_chunks(data: bytes, max_chunk_bytes: int) -> Iterable[memoryview]:
+    """``data`` in the binary frames of a chunked upload: slices of at most
+    ``max_chunk_bytes`` (``limits.max_chunk_bytes``), in order, none empty."""
+    view, step = memoryview(data), max(1, int(max_chunk_bytes))
+    for i in range(0, len(view), step):
+        yield view[i:i + step]
 
 
 def stop_stream(stream: str, id: str | int | None = None) -> dict:
@@ -853,8 +902,9 @@ def _example_explanation() -> dict:
 
 EXAMPLES: dict[str, dict] = {
     "hello": hello("20261121T211500Z-3f9a", _EX_CARD, [_EX_INFO], 0.5, 1,
-                   {"max_message_bytes": 65536, "max_upload_bytes": 20 * 2**20,
-                    "queue_size": 256}, client_id="c1", server_version="0.1.0",
+                   {"max_message_bytes": 65536, "max_upload_bytes": 4 * 2**20,
+                    "queue_size": 256, "max_chunked_upload_bytes": 20 * 2**20,
+                    "max_chunk_bytes": 2**20}, client_id="c1", server_version="0.1.0",
                    wall_time=_EX_T0),
     "prediction": prediction("s1", 0, 0.0, 3.0, _EX_T0,
                              [0.62, 0.03, 0.1, 0.05, 0.1, 0.05, 0.05], 18.4, _CLASSES),
@@ -886,6 +936,7 @@ EXAMPLES: dict[str, dict] = {
     "replay": replay(path="tess/OAF_angry/OAF_back_angry.wav", speed=1.0, id="r1"),
     "stop_stream": stop_stream("s1", id="r3"),
     "ping": ping(id=7, t=12.5),
+    "upload_start": upload_start("call-0412.wav", 9_437_228, id="u1"),
 }
 #: An unvoiced window: nothing classified, shown as a gap.
 EXAMPLE_UNVOICED = prediction("s1", 1, 0.5, 3.5, _EX_T0 + 0.5, None, 2.1, voiced=False)

@@ -64,6 +64,8 @@ async def start_replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
 
     File work (path checks, writing the upload) runs off the loop through ``daemon._off_loop``;
     an upload's private file is removed when its streams end (or at once if they never start).
+    A chunked upload arrives already in its file (``upload["stored"]``, streamer/chunked.py):
+    claimed here once its stream owns it, removed by the server otherwise.
     """
     from streamer.guards import Busy
 
@@ -82,10 +84,11 @@ async def _replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
 
     speed, loop_ = float(msg.get("speed", 1.0)), bool(msg.get("loop", False))
     split = bool(msg.get("split_channels", False))
-    upload_path = None
+    upload_path = stored = None
     if "upload" in msg:
-        name = msg["upload"]["name"]
-        upload_path = await daemon._off_loop(daemon.uploads.save, name, msg["upload"]["bytes"])
+        name, stored = msg["upload"]["name"], msg["upload"].get("stored")
+        upload_path = stored.path if stored is not None else await daemon._off_loop(
+            daemon.uploads.save, name, msg["upload"]["bytes"])
         daemon._redact.hide(str(upload_path), show_path(name))
         files, kind, base, label = [upload_path], "upload", Path(name).stem, name
         skip = False
@@ -101,6 +104,8 @@ async def _replay(daemon: Any, msg: dict, ref: Any) -> list[dict]:
                      skip_unreadable=skip)
     if upload_path is not None:
         daemon._uploads[id(src)] = upload_path  # removed when its streams end
+        if stored is not None:
+            stored.claimed = True
     try:
         ids = await daemon._start_source(src, kind=kind, ref=ref, slot_held=True)
     except RequestError:

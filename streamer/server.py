@@ -9,7 +9,9 @@
   own requests go in a separate small queue that is not dropped from.
 - Client messages are validated with ``streamer.protocol``; anything wrong gets an ``error``
   and the connection stays open. ``subscribe`` and ``ping`` are answered here; ``replay`` and
-  ``stop_stream`` go to the daemon's ``on_request`` callback.
+  ``stop_stream`` go to the daemon's ``on_request`` callback. Chunked uploads
+  (``upload_start``, binary frames, a ``replay`` naming the upload) are
+  ``streamer/chunked.py``'s; they are why the frame limit can be small.
 - Routing by path: ``/ingest`` (call audio pushed in) goes to the ingest hub given to the server
   (``streamer/ingest.py``), with its own handshake checks; every other path is protocol v1.
 """
@@ -36,8 +38,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.http11 import Request, Response
 
 from streamer import protocol
+from streamer.chunked import ChunkedUploads
 from streamer.guards import LogLimiter, return_memory
-from streamer.intake import Rejected, UploadBudget, read_request
+from streamer.intake import Rejected, UploadBudget, b64_limit, read_request
+from streamer.uploads import UploadStore
 
 log = logging.getLogger("streamer.server")
 
@@ -63,7 +67,14 @@ class ServerConfig:
     allow_no_origin: bool = True  # non-browser clients send no Origin header
     max_clients: int = 64
     max_message_bytes: int = 64 * 1024
+    # The largest upload, sent in chunks (upload_start); an inline one (base64 in replay) is
+    # also within max_inline_upload_bytes, which sets the websocket frame limit: what the
+    # library may hold per client before our code sees a byte (streamer/chunked.py).
     max_upload_bytes: int = 20 * 2**20
+    max_inline_upload_bytes: int = 4 * 2**20
+    max_chunk_bytes: int = 2**20
+    upload_idle_s: float = 30.0  # a chunked upload with no data this long is abandoned
+    upload_max_s: float = 600.0  # ... and one not finished this long after its start
     queue_size: int = 256
     # Kernel send buffer per connection. Small on purpose (no autotuning to megabytes): a slow
     # client's backlog then sits in our bounded, counted queue, not hidden in the kernel.
@@ -72,22 +83,33 @@ class ServerConfig:
     # is full) is disconnected, which frees its slot. The library's keep-alive ping cannot do
     # it: the ping waits behind the full buffer too.
     send_timeout_s: float = 30.0
-    # Bytes of upload frames decoded at once, all clients together (None: two largest
-    # frames); a frame beyond it is refused with "busy".
+    # Upload bytes in flight, all clients together: inline frames being decoded and chunked
+    # uploads from upload_start until their replay (None: four of the largest uploads).
+    # Beyond it an upload frame or upload_start is refused with "busy".
     max_upload_inflight_bytes: int | None = None
 
     @property
+    def inline_upload_limit(self) -> int:
+        return min(self.max_inline_upload_bytes, self.max_upload_bytes)
+
+    @property
     def frame_limit(self) -> int:
-        """The websocket layer's hard limit: a replay carrying the largest upload in base64."""
-        return self.max_message_bytes + (self.max_upload_bytes + 2) // 3 * 4 + 1024
+        """The websocket layer's hard limit: a replay carrying the largest inline upload in
+        base64, or a chunk."""
+        return max(self.max_message_bytes + b64_limit(self.inline_upload_limit) + 1024,
+                   self.max_chunk_bytes)
 
     @property
     def upload_inflight_limit(self) -> int:
-        return self.max_upload_inflight_bytes or 2 * self.frame_limit
+        return self.max_upload_inflight_bytes or 4 * self.max_upload_bytes
 
     def limits(self) -> dict[str, int]:
+        """hello's ``limits``. ``max_upload_bytes`` is, as v1 has always defined it, what a
+        replay may carry inline: clients that know no chunked uploads read it."""
         return {"max_message_bytes": self.max_message_bytes,
-                "max_upload_bytes": self.max_upload_bytes, "queue_size": self.queue_size}
+                "max_upload_bytes": self.inline_upload_limit, "queue_size": self.queue_size,
+                "max_chunked_upload_bytes": self.max_upload_bytes,
+                "max_chunk_bytes": self.max_chunk_bytes}
 
 
 def is_loopback(host: str) -> bool:
@@ -191,7 +213,8 @@ class Server:
     """Websocket fan-out of daemon messages, with per-client request handling."""
 
     def __init__(self, config: ServerConfig, hello: Callable[[str], dict],
-                 on_request: RequestHandler | None = None, ingest: Any = None) -> None:
+                 on_request: RequestHandler | None = None, ingest: Any = None,
+                 uploads: UploadStore | None = None) -> None:
         check_bind(config.host, config.token)
         self.config = config
         # The /ingest endpoint (streamer.ingest.IngestHub): its own handshake checks and
@@ -205,8 +228,15 @@ class Server:
         self.port: int | None = None
         self.refused = collections.Counter[str]()
         self.upload_budget = UploadBudget(config.upload_inflight_limit)
-        # Upload frames are parsed and decoded here, not in the loop.
+        # Upload frames are parsed and decoded here, and chunks written, not in the loop.
         self._decoder = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
+        # The daemon's store (a replay's files are its own); a bare server keeps its own.
+        self._own_store = uploads is None
+        self.uploads = UploadStore() if uploads is None else uploads
+        self.chunked = ChunkedUploads(
+            self.uploads, self.upload_budget, self._decoder, max_bytes=config.max_upload_bytes,
+            max_chunk_bytes=config.max_chunk_bytes, idle_s=config.upload_idle_s,
+            max_s=config.upload_max_s)
         self._log_limit = LogLimiter()
 
     # ---------------------------------------------------------------- lifecycle
@@ -237,6 +267,9 @@ class Server:
             self._ws.close(close_connections=True, code=1001, reason=reason)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.wait_closed(), timeout=5)
+        self.chunked.close()
+        if self._own_store:
+            self.uploads.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- fan-out
@@ -303,6 +336,7 @@ class Server:
             pass
         finally:
             self.clients.pop(client.id, None)
+            self.chunked.drop(client.id)
             self._log_limit.forget(client.id)
             if sender is not None:
                 sender.cancel()
@@ -312,6 +346,10 @@ class Server:
     async def _on_message(self, client: Client, raw: str | bytes) -> None:
         ref = None
         try:
+            if isinstance(raw, bytes):  # a chunk of this connection's upload
+                await self.chunked.chunk(client, raw)
+                return
+            self.chunked.text_frame(client.id)
             msg = await self._read(raw)
             ref = protocol.ref_of(msg)
             for reply in await self._dispatch(client, msg):
@@ -335,7 +373,7 @@ class Server:
         in a worker thread, within the upload budget (else ``busy``)."""
         cfg = self.config
         if isinstance(raw, bytes) or len(raw) <= cfg.max_message_bytes:
-            return read_request(raw, cfg.max_message_bytes, cfg.max_upload_bytes)
+            return read_request(raw, cfg.max_message_bytes, cfg.inline_upload_limit)
         n = len(raw)
         if not self.upload_budget.try_acquire(n):
             raise Rejected("busy", f"other uploads are being received ("
@@ -343,7 +381,7 @@ class Server:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._decoder, read_request, raw,
-                                              cfg.max_message_bytes, cfg.max_upload_bytes)
+                                              cfg.max_message_bytes, cfg.inline_upload_limit)
         finally:
             self.upload_budget.release(n)
 
@@ -358,6 +396,10 @@ class Server:
             return [protocol.ack("subscribe", ref=ref, streams=streams)]
         if self._on_request is None:
             raise protocol.ProtocolError("forbidden", f"{kind} is not available on this server")
+        if kind == "upload_start":
+            return await self.chunked.start(client, msg)
+        if kind == "replay" and "upload_id" in msg:
+            return await self.chunked.replay(client, msg, self._on_request)
         return await self._on_request(client, msg)
 
 

@@ -26,8 +26,8 @@ def _suffix(name: str) -> str:
 
 
 class UploadStore:
-    """Private temporary files for uploads: ``save`` (blocking: run it off the event loop),
-    ``remove`` when the stream ends, ``close`` at exit."""
+    """Private temporary files for uploads: ``save`` or ``create`` (blocking: run them off the
+    event loop), ``remove`` when the stream ends, ``close`` at exit."""
 
     def __init__(self, prefix: str = "emotion-monitor-uploads-") -> None:
         self.prefix = prefix
@@ -35,23 +35,28 @@ class UploadStore:
         self.files: set[Path] = set()
         self._lock = threading.Lock()  # saves run in several threads at once
 
-    def save(self, name: str, data: bytes) -> Path:
-        """Write ``data`` to a new private file; its path."""
+    def create(self, name: str) -> tuple[int, Path]:
+        """A new empty private file for an upload named ``name``: its open descriptor (the
+        caller writes and closes it; a chunked upload arrives piece by piece) and path."""
         with self._lock:
             if self.directory is None:
                 self.directory = Path(tempfile.mkdtemp(prefix=self.prefix))
             directory = self.directory
         fd, path = tempfile.mkstemp(suffix=_suffix(name), prefix="upload-", dir=directory)
+        with self._lock:
+            self.files.add(Path(path))
+        return fd, Path(path)
+
+    def save(self, name: str, data: bytes) -> Path:
+        """Write ``data`` to a new private file; its path."""
+        fd, path = self.create(name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            self.remove(path)
             raise
-        with self._lock:
-            self.files.add(Path(path))
-        return Path(path)
+        return path
 
     def remove(self, path: Path) -> None:
         with self._lock:

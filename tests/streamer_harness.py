@@ -130,6 +130,21 @@ class Recorder:
                 and (stream is None or m.get("stream") == stream)]
 
 
+async def upload_chunked(c: Recorder, name: str, data: bytes, id: str = "up",
+                         chunk: int = 2**16, **replay: Any) -> dict:
+    """A chunked upload as a client sends one: ``upload_start``, its ack, the binary chunks,
+    then ``replay`` (id ``id``) with ``replay``'s options; the replay's answer, or the
+    ``upload_start``'s error."""
+    from streamer import protocol
+
+    started = await c.request(protocol.upload_start(name, len(data), id=f"{id}-start"))
+    if started["type"] != "ack":
+        return started
+    for piece in protocol.upload_chunks(data, chunk):
+        await c.ws.send(piece)
+    return await c.request(protocol.replay(upload_id=started["upload_id"], id=id, **replay))
+
+
 @contextlib.asynccontextmanager
 async def client(daemon_or_url: Daemon | str, **kw: Any) -> AsyncIterator[Recorder]:
     target = daemon_or_url if isinstance(daemon_or_url, str) else url(daemon_or_url)

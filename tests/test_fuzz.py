@@ -155,7 +155,9 @@ def _requests(draw: st.DrawFn) -> dict:
         msg["id"] = draw(_ids)
     kind = msg["type"]
     if kind == "replay":
-        if draw(st.booleans()):
+        if draw(st.integers(0, 4)) == 0:  # a chunked upload's id (this one's or none)
+            msg["upload_id"] = draw(st.text(max_size=70) | _scalars)
+        elif draw(st.booleans()):
             data = base64.b64encode(draw(st.binary(max_size=2048))).decode()
             if draw(st.integers(0, 4)) == 0:
                 data = data[:-1] + "!"  # not base64
@@ -168,6 +170,9 @@ def _requests(draw: st.DrawFn) -> dict:
                 msg[key] = draw(_scalars)
     elif kind == "stop_stream":
         msg["stream"] = draw(st.text(max_size=70) | _scalars)
+    elif kind == "upload_start":  # binary frames drawn later may then land in an upload
+        msg["name"] = draw(st.text(min_size=1, max_size=300) | _scalars)
+        msg["bytes"] = draw(st.integers(1, 600) | st.integers(-5, 2**40) | _scalars)
     elif kind == "subscribe":
         msg["streams"] = draw(_json)
     extra = draw(st.dictionaries(st.text(max_size=10), _json, max_size=3))

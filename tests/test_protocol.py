@@ -74,6 +74,12 @@ def _broken() -> list[tuple[str, dict, bool]]:
     case("error unknown code", ex["error"], lambda m: m.update(code="oops"))
     case("status missing clients", ex["status"], lambda m: m.pop("clients"))
     case("stream_ended reason", ex["stream_ended"], lambda m: m.update(reason="bored"))
+    case("upload_start of 0 bytes", ex["upload_start"], lambda m: m.update(bytes=0))
+    case("upload_start without name", ex["upload_start"], lambda m: m.pop("name"))
+    case("replay upload_id with a slash", ex["replay"],
+         lambda m: (m.pop("path"), m.update(upload_id="up/1")))
+    case("replay path and upload_id", ex["replay"], lambda m: m.update(upload_id="up-1"),
+         semantic=True)
     return cases
 
 
@@ -144,6 +150,13 @@ def test_client_builders_valid():
     p.validate(p.ping(), "client")
     with pytest.raises(ValueError):
         p.replay()
+    p.validate(p.upload_start("a.wav", 5, id="s"), "client")
+    p.validate(p.replay(upload_id="up-1f", speed=0, id="r"), "client")
+    p.validate(p.ack("upload_start", ref="s", upload_id="up-1f"), "server")
+    with pytest.raises(ValueError):
+        p.replay(path="a.wav", upload_id="up-1")
+    chunks = list(p.upload_chunks(b"abcdefg", 3))
+    assert [bytes(c) for c in chunks] == [b"abc", b"def", b"g"]
 
 
 def test_protocol_is_torch_free():
