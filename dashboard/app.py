@@ -371,8 +371,11 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
         return
     url = st.selectbox("Daemon", connected) if len(connected) > 1 else connected[0]
     limits = (feed.store.source(url).hello or {}).get("limits") or {}
+    # Over the inline limit (max_upload_bytes) a file goes as a chunked upload, when the
+    # daemon takes those (it says so with max_chunked_upload_bytes).
+    inline_max = int(limits.get("max_upload_bytes") or DEFAULT_MAX_UPLOAD_BYTES)
     max_bytes = int(min(cfg.max_upload_mb * 2**20,
-                        limits.get("max_upload_bytes") or DEFAULT_MAX_UPLOAD_BYTES))
+                        limits.get("max_chunked_upload_bytes") or inline_max))
     how = st.radio("File", ["Upload", "Path on the daemon"], horizontal=True, key="replay_how")
     upload = path = None
     if how == "Upload":
@@ -393,15 +396,19 @@ def replay_tab(cfg: argparse.Namespace, feed: Feed) -> None:
         if upload is not None:
             data = upload.getvalue()
             check_upload(upload.name, data, max_bytes)
-            msg = protocol.replay(upload_name=upload.name, upload_data=data, speed=speed,
-                                  loop=loop, split_channels=split, id=request_id)
+            if len(data) > inline_max:  # more than one frame may carry: in chunks
+                feed.send_upload(url, upload.name, data, request_id, speed=speed, loop=loop,
+                                 split_channels=split)
+            else:
+                feed.send(url, protocol.replay(upload_name=upload.name, upload_data=data,
+                                               speed=speed, loop=loop, split_channels=split,
+                                               id=request_id))
         elif path:
-            msg = protocol.replay(path=check_path(path), speed=speed, loop=loop,
-                                  split_channels=split, id=request_id)
+            feed.send(url, protocol.replay(path=check_path(path), speed=speed, loop=loop,
+                                           split_channels=split, id=request_id))
         else:
             st.error("Choose a file first.")
             return
-        feed.send(url, msg)
     except (ValueError, ConnectionError) as exc:
         st.error(str(exc))
         return

@@ -52,6 +52,7 @@ class Feed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sockets: dict[str, ClientConnection] = {}
+        self._waiting: dict[str, asyncio.Future[dict]] = {}  # request id -> its reply
         self._stopping = threading.Event()
         for url in self.urls:
             self.store.source(url)
@@ -182,6 +183,9 @@ class Feed:
                 self.store.rejected += 1
             self.store.event("error", f"{url}: invalid message skipped ({exc.message[:200]})")
             return
+        waiter = self._waiting.get(str(msg.get("ref")))
+        if waiter is not None and not waiter.done() and msg["type"] in ("ack", "error"):
+            waiter.set_result(msg)
         try:
             self.store.apply(url, msg)
         except Exception as exc:  # noqa: BLE001 - one bad message must not end the feed
@@ -205,6 +209,50 @@ class Feed:
             fut.result(timeout)
         except Exception as exc:
             raise ConnectionError(f"could not send to {url}: {exc}") from exc
+
+    def send_upload(self, url: str, name: str, data: bytes, request_id: str,
+                    timeout: float = 120.0, **replay: Any) -> None:
+        """Replay ``data`` as a chunked upload (``upload_start``, its ack, binary chunks of
+        ``limits.max_chunk_bytes``, then ``replay`` with id ``request_id`` and ``replay``'s
+        options): for files over the daemon's inline limit, which a single frame cannot
+        carry. The replay's answer arrives like any other (``store.replies``). Raises
+        ConnectionError when the daemon is not up, ValueError when it refuses the upload."""
+        ws, loop = self._sockets.get(url), self._loop
+        if ws is None or loop is None:
+            raise ConnectionError(f"not connected to {url}")
+        limits = (self.store.source(url).hello or {}).get("limits") or {}
+        chunk = int(limits.get("max_chunk_bytes") or 0)
+        if not chunk:
+            raise ValueError("this daemon takes no chunked uploads (an older version): "
+                             f"files up to {limits.get('max_upload_bytes', 0) / 2**20:.0f} "
+                             "MiB only")
+        fut = asyncio.run_coroutine_threadsafe(
+            self._upload(ws, name, data, chunk, request_id, replay, timeout), loop)
+        try:
+            fut.result(timeout)
+        except ValueError:
+            raise
+        except Exception as exc:
+            fut.cancel()
+            raise ConnectionError(f"could not upload to {url}: {_describe(exc)}") from exc
+
+    async def _upload(self, ws: ClientConnection, name: str, data: bytes, chunk: int,
+                      request_id: str, replay: Mapping[str, Any], timeout: float) -> None:
+        start_id = f"{request_id}-start"
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[start_id] = waiter
+        try:
+            await ws.send(protocol.encode(protocol.upload_start(name, len(data), id=start_id)))
+            answer = await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._waiting.pop(start_id, None)
+        if answer["type"] == "error":
+            raise ValueError(f"The daemon refused the upload: {answer['message']} "
+                             f"({answer['code']})")
+        for piece in protocol.upload_chunks(data, chunk):
+            await ws.send(piece)  # binary frames
+        msg = protocol.replay(upload_id=answer["upload_id"], id=request_id, **replay)
+        await ws.send(protocol.encode(msg))
 
     def inject(self, url: str, message: Mapping[str, Any]) -> None:
         """Feed a message as if it had arrived from ``url`` (tests and offline demos)."""

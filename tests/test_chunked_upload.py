@@ -317,3 +317,38 @@ def test_frame_over_the_limit_closes_1009_bystander_served(tmp_path, tiny_model_
     assert len(frame) > make_config(tmp_path, tiny_model_path).server.frame_limit
     assert closed.rcvd is not None and closed.rcvd.code == 1009, closed
     assert later["stream"] == "bystander" and pong["type"] == "pong"
+
+
+@pytest.mark.timeout(90)
+def test_dashboard_feed_sends_big_files_in_chunks(tmp_path, tiny_model_path, tess_dir):
+    """The dashboard's feed replays a file over the daemon's inline limit as a chunked upload
+    (several chunks): the replay is acknowledged and the stream plays the whole file."""
+    from dashboard.client import Feed
+
+    data = _speech(tess_dir)
+    cfg = make_config(tmp_path, tiny_model_path, max_inline_upload_bytes=16_384,
+                      max_chunk_bytes=65_536)
+
+    async def main():
+        async with running(cfg) as daemon, client(daemon) as watcher:
+            feed = Feed([f"ws://127.0.0.1:{daemon.port}"], backoff=(0.05, 0.2)).start()
+            url = feed.urls[0]
+            try:
+                await _until_true(lambda: feed.connected()
+                                  and feed.store.source(url).hello is not None)
+                await asyncio.to_thread(feed.send_upload, url, "call.wav", data, "rq",
+                                        speed=0)
+                await _until_true(lambda: "rq" in feed.store.replies)
+                reply = feed.store.replies["rq"]
+                started = await watcher.until(lambda m: m["type"] == "stream_started"
+                                              and m.get("ref") == "rq")
+                ended = await watcher.until(_ended(started["stream"]["stream"]), seen=True)
+            finally:
+                await asyncio.to_thread(feed.stop)
+            return reply, started, ended
+
+    reply, started, ended = asyncio.run(main())
+    assert len(data) > 3 * 65_536
+    assert reply["type"] in ("ack", "stream_started"), reply
+    assert started["stream"]["kind"] == "upload" and started["stream"]["source"] == "call.wav"
+    assert ended["reason"] == "eof" and ended["t_end_s"] > 7
