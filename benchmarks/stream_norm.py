@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from train import crosscorpus as cc  # noqa: E402
 from train.corpus import EMOTIONS  # noqa: E402
-from train.whisper_train import build_pool  # noqa: E402
+from train.whisper_train import add_streams, build_pool  # noqa: E402
 
 POSITIONS = (1, 2, 3, 5, 10, 20, 40)
 MIXES = {"balanced": None, "70% neutral": "neutral", "70% angry": "angry"}
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = json.loads((Path(args.run) / "config.json").read_text())
     choice = cc.Choice(**cfg["choice"])
+    # the served per-stream head has its own choice (clips only: no stream windows)
+    spk_choice = cc.Choice(**cfg.get("stream_choice", {**cfg["choice"], "stream_mix": 0.0}))
     pool = build_pool(args.data, args.encoder, progress=False)
+    if choice.stream_mix:
+        add_streams(pool, args.encoder, progress=False)
     held = [("ravdess", s) for s in cc.splits(pool, ["ravdess-ai"])]
     held += [("tess", s) for s in cc.splits(pool, ["tess-si"]) if "RAVDESS" in s.name]
     held += [("savee", s) for s in cc.splits(pool, ["loco"]) if "savee" in s.tests]
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if corpus == "savee":  # the shipped recipe: TESS + RAVDESS only
             train = train[np.isin(pool.corpus[train], ["tess", "ravdess"])]
         g_head = cc.train_head(pool, train, choice, speaker_norm=False)
-        s_head = cc.train_head(pool, train, choice, speaker_norm=True)
+        s_head = cc.train_head(pool, train, spk_choice, speaker_norm=True)
         prior_mean, prior_std = s_head.prior
         rows = next(iter(split.tests.values()))
         for spk in np.unique(pool.speaker[rows]):
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                     curves[mix]["global"].append(g.astype(float).tolist())
                     curves[mix]["speaker"].append(s.astype(float).tolist())
     result = {"benchmark": "stream_norm", "machine": platform.platform(),
-              "settings": {"choice": cfg["choice"], "streams_per_speaker_mix": args.streams,
+              "settings": {"choice": cfg["choice"], "stream_choice": asdict(spk_choice),
+                           "streams_per_speaker_mix": args.streams,
                            "length_windows": args.length, "prior_windows": cc.PRIOR_WINDOWS,
                            "window_s": WINDOW_S, "held_out": [f"{c}: {s.name}" for c, s in held]},
               "accuracy": {}}
