@@ -253,6 +253,23 @@ class _Held:
         self.start_t = self.last_t = None
         self.fired = False
 
+    def expire(self, t: float) -> None:
+        """Forget a run not seen for over ``MAX_DYNAMICS_GAP_S`` (the messages stopped)."""
+        if self.last_t is not None and t - self.last_t > MAX_DYNAMICS_GAP_S:
+            self.reset()
+
+    def hold(self, t: float, for_s: float) -> float | None:
+        """The condition holds at ``t``: the seconds it has held, the first time that reaches
+        ``for_s`` (the run fires once); else None."""
+        if self.start_t is None:
+            self.start_t = t
+        self.last_t = t
+        held = t - self.start_t
+        if self.fired or held < for_s:
+            return None
+        self.fired = True
+        return held
+
 
 @dataclass(frozen=True)
 class LoudnessRising:
@@ -282,18 +299,13 @@ class LoudnessRising:
     def update(self, state: _Held, call: str, side: SideObservation,
                obs: CallObservation) -> list[Alert]:
         slope = side.values.get("loudness_trend_db_per_min")
-        if state.last_t is not None and obs.t - state.last_t > MAX_DYNAMICS_GAP_S:
-            state.reset()
+        state.expire(obs.t)
         if slope is None or slope < self.min_slope_db_per_min:
             state.reset()
             return []
-        if state.start_t is None:
-            state.start_t = obs.t
-        state.last_t = obs.t
-        held = obs.t - state.start_t
-        if state.fired or held < self.for_s:
+        held = state.hold(obs.t, self.for_s)
+        if held is None:
             return []
-        state.fired = True
         level = side.values.get("loudness_dbfs")
         now = f", now {level:.0f} dBFS" if level is not None else ""
         return [Alert(rule=self.name, stream=side.stream, t=obs.t, wall=obs.wall,
@@ -368,22 +380,16 @@ class LouderThanUsual:
         level = side.values.get("loudness_dbfs")
         if isinstance(level, (int, float)) and math.isfinite(level):
             state.recent.append((obs.t, float(level)))
-        run = state.run
-        if run.last_t is not None and obs.t - run.last_t > MAX_DYNAMICS_GAP_S:
-            run.reset()
+        state.run.expire(obs.t)
         rise = self.rise_db(state, obs.t)
         if rise is None:
             return []
         if rise < self.min_rise_db:
-            run.reset()
+            state.run.reset()
             return []
-        if run.start_t is None:
-            run.start_t = obs.t
-        run.last_t = obs.t
-        held = obs.t - run.start_t
-        if run.fired or held < self.for_s:
+        held = state.run.hold(obs.t, self.for_s)
+        if held is None:
             return []
-        run.fired = True
         return [Alert(rule=self.name, stream=side.stream, t=obs.t, wall=obs.wall,
                       emotion="loudness", severity=self.severity, call=call,
                       message=f"{side.role or 'side'} louder than usual: {rise:+.0f} dB over "
