@@ -67,6 +67,13 @@ def balanced_weights(corpus: np.ndarray, label: np.ndarray) -> np.ndarray:
     return (w * len(w) / w.sum()).astype(np.float32)
 
 
+def stream_weights(corpus: np.ndarray, label: np.ndarray, mix: float, n_clips: int
+                   ) -> np.ndarray:
+    """Stream windows' weights beside ``n_clips`` clips weighing 1 on average: ``mix`` times the
+    clips' total, corpora and classes balanced within the windows' share."""
+    return balanced_weights(corpus, label) * mix * n_clips / len(label)
+
+
 PRIOR_WINDOWS = 5.0  # pseudo-windows of prior statistics per speaker / stream (fixed, not tuned)
 
 
@@ -231,9 +238,7 @@ def train_head(pool: Pool, rows: np.ndarray, choice: Choice, speaker_norm: bool)
             raise ValueError("stream windows are not combined with per-speaker normalisation")
         sx, sy, sc = stream_design(pool, np.unique(pool.speaker[rows]), choice, variants)
         if len(sy):
-            # Stream windows weigh ``stream_mix`` times the clips in total, corpora and classes
-            # balanced within each part.
-            sw = balanced_weights(sc, sy) * choice.stream_mix * len(y) / len(sy)
+            sw = stream_weights(sc, sy, choice.stream_mix, len(y))
             x, y, w = np.concatenate([x, sx]), np.concatenate([y, sy]), np.concatenate([w, sw])
     head = fit_head(x, y, w, choice.c)
     head.prior = prior
@@ -440,5 +445,5 @@ __all__ = [
     "C_GRID", "Choice", "LinearHead", "Pool", "Split", "balanced_weights", "choose", "evaluate",
     "evaluate_streams", "fit_head", "inner_folds", "metrics", "predict", "ravdess_actor_folds",
     "run_split", "PRIOR_WINDOWS", "shrunk_moments", "speaker_prior", "speaker_standardise",
-    "splits", "stream_design", "summarise", "train_head",
+    "splits", "stream_design", "stream_weights", "summarise", "train_head",
 ]

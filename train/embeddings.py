@@ -15,6 +15,7 @@ or checkpoint gives a new key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -80,8 +81,7 @@ def embed_utterances(
     if path.exists():
         with np.load(path) as z:
             return z["features"], z["kept"]
-    encoder = load_encoder(encoder_path)
-    front = WhisperLogMel(encoder.dims.n_mels)
+    encoder, front = _frozen_encoder(str(encoder_path), file_key(encoder_path))
     feats: list[np.ndarray] = []
     kept: list[int] = []
     bad: dict[str, str] = {}
@@ -111,10 +111,17 @@ def embed_utterances(
     return features, kept_arr
 
 
+@functools.lru_cache(maxsize=2)
+def _frozen_encoder(path: str, key: str) -> tuple[torch.nn.Module, WhisperLogMel]:
+    """The encoder and its front-end, loaded once per checkpoint (``key``: its file identity)
+    rather than once per corpus or speaker stream."""
+    encoder = load_encoder(path)
+    return encoder, WhisperLogMel(encoder.dims.n_mels)
+
+
 def _run_encoder(path: Path, waves: list[np.ndarray], desc: str, batch_size: int,
                  progress: bool) -> np.ndarray:
-    encoder = load_encoder(path)
-    front = WhisperLogMel(encoder.dims.n_mels)
+    encoder, front = _frozen_encoder(str(path), file_key(path))
     feats = []
     with torch.inference_mode():
         for i in tqdm(range(0, len(waves), batch_size), desc=desc, unit="batch",

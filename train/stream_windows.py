@@ -53,7 +53,7 @@ def fit(clip_x: np.ndarray, clip_y: np.ndarray, clip_corpus: np.ndarray, sx: np.
     cw = cc.balanced_weights(clip_corpus, clip_y)
     if mix == 0 or len(sy) == 0:
         return cc.fit_head(clip_x, clip_y, cw, SERVED_C)
-    sw = cc.balanced_weights(s_corpus, sy) * mix * len(clip_y) / len(sy)
+    sw = cc.stream_weights(s_corpus, sy, mix, len(clip_y))
     return cc.fit_head(np.concatenate([clip_x, sx]), np.concatenate([clip_y, sy]),
                        np.concatenate([cw, sw]), SERVED_C)
 
