@@ -79,10 +79,13 @@ def test_second_run_reads_the_cache(corpus, loads, tmp_path: Path) -> None:
 
 
 def test_a_changed_file_is_extracted_again(corpus, loads, tmp_path: Path) -> None:
+    """The key is the content: a rewritten file is extracted again, a file only touched (a
+    corpus copied afresh gets new mtimes) keeps its entry."""
     store = tmp_path / "cache"
     extract_features(corpus, "utterance-vector", store, progress=False)
-    stat = corpus[2].path.stat()
-    os.utime(corpus[2].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    stat = corpus[0].path.stat()
+    os.utime(corpus[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    corpus[2].path.write_bytes(corpus[0].path.read_bytes())
     loads.clear()
     again = extract_features(corpus, "utterance-vector", store, progress=False)
     assert (again.extracted, again.cached) == (1, 2)

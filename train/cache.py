@@ -10,6 +10,7 @@ keeps what it had finished (entries are written atomically). Unreadable files ar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -94,10 +95,22 @@ def _digest(obj: object) -> str:
 
 
 def file_key(path: str | Path) -> str:
-    """Hash of the file's identity: resolved path, size and mtime (ns). Raises ``OSError``."""
+    """Hash of the file's identity: resolved path and content. Raises ``OSError``.
+
+    Content, not mtime: corpora copied afresh (a new checkout, a synced share, this project's
+    machines at every session) keep their caches; the content hash is itself memoised on
+    (path, size, mtime), so a run hashes each file once (~0.3 s for the 240 MB of the four
+    shared corpora)."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
-    return _digest([str(resolved), stat.st_size, stat.st_mtime_ns])[:32]
+    return _digest([str(resolved), stat.st_size,
+                    _content_sha256(str(resolved), stat.st_size, stat.st_mtime_ns)])[:32]
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
