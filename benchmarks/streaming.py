@@ -214,12 +214,15 @@ def _level(port: int, pid: int, n: int, trial_s: float, every: int = 1) -> dict:
     r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, trial_s))
     # Grad-CAM on every ``every``-th voiced window: those predictions have their explanation
     # (bar the last one per stream, which may still be on its way when the trial ends)
-    r["explanations_missing"] = max(0, r["voiced_predictions"] // every - r["explanations"]
-                                    - n)
+    r["explanations_missing"] = max(0, (r["voiced_predictions"] // every if every else 0)
+                                    - r["explanations"] - n)
+    r["explained_fraction"] = (round(r["explanations"] / r["voiced_predictions"], 3)
+                               if r["voiced_predictions"] else None)
     r["ok"] = bool(r["dropped_windows"] == 0 and r["latency_ms"]["p95"] is not None
                    and r["latency_ms"]["p95"] < BARS["streams_p95_ms"]
                    and r["explanations_missing"] <= n)
-    print(f"streams {n}: p95 {r['latency_ms']['p95']} ms, dropped {r['dropped_windows']} -> "
+    print(f"streams {n}: p95 {r['latency_ms']['p95']} ms, dropped {r['dropped_windows']}, "
+          f"explained {r['explained_fraction']} of voiced windows -> "
           f"{'ok' if r['ok'] else 'FAIL'}", file=sys.stderr)
     return r
 

@@ -38,7 +38,9 @@ class Engine:
     ``latency_ms`` is measured from ``window.arrived`` (the moment the window's last sample
     entered the daemon) to when its prediction is built, i.e. just before it is handed to the
     server. A batch's predictions are emitted before its Grad-CAM runs; a later batch waits
-    for the worker, so Grad-CAM delays predictions only when it can't keep up.
+    for the worker, so Grad-CAM delays predictions only when it can't keep up. An explained
+    window's prediction is the softmax of its explanation's own forward (:meth:`fuses`), so
+    the model runs once per window, explained or not.
     """
 
     def __init__(self, model: ServedModel, vad: VadConfig | None = VadConfig(),
@@ -56,6 +58,7 @@ class Engine:
         self.max_batch = max(1, max_batch)
         self.explain_drops = explain_drops
         self._voiced_count: dict[str, int] = {}
+        self._fuses: bool | None = None
         self.stats = {"windows": 0, "voiced": 0, "explained": 0, "explain_errors": 0}
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1, 2, 4)) -> None:
@@ -74,8 +77,12 @@ class Engine:
             stats = [(mean[0], std[0])]
             self.norm.end_stream("warmup")
         if self.explain_every:  # a failure is logged here and again with real windows
-            self._explain([Window("warmup", 0, 0.0, self.model.window_s, 0.0, 0.0, zeros[0], 0,
-                                  zeros.shape[1])], stats)
+            self.fuses()
+            warm = [Window("warmup", 0, 0.0, self.model.window_s, 0.0, 0.0, zeros[0], 0,
+                           zeros.shape[1])]
+            pending = self._start_explain(warm, stats)
+            if pending is not None:
+                self._finish_explain(pending, warm)
         self.stats = dict.fromkeys(self.stats, 0)
 
     def feed(self, stream_id: str, samples: np.ndarray, start_sample: int) -> None:
@@ -119,17 +126,15 @@ class Engine:
         probs = np.concatenate(out) if out else np.zeros((0, len(self.model.classes)))
         return probs, (stats if self.norm is not None else None)
 
-    def _wants_explanation(self, stream_id: str) -> bool:
-        n = self._voiced_count.get(stream_id, 0)
-        self._voiced_count[stream_id] = n + 1
-        return self.explain_every > 0 and n % self.explain_every == 0
-
     def process(self, windows: list[Window], emit: Callable[[Message], None] | None = None
                 ) -> list[Message]:
         """Messages for ``windows`` (any mix of streams; each stream's windows in seq order).
 
         ``emit``, if given, receives each message as soon as it is built (predictions before
-        the Grad-CAM of the same batch), so the caller can send them without waiting.
+        the Grad-CAM of the same batch), so the caller can send them without waiting. Windows
+        go through the model ``max_batch`` voiced windows at a time, so a burst's later
+        predictions wait for the earlier part's Grad-CAM (bounded memory: the graph of an
+        explained batch is held until its backward).
         """
         if not windows:
             return []
@@ -142,35 +147,72 @@ class Engine:
 
         fractions = self.voiced_fractions(windows)
         voiced = [self.vad.is_voiced(f) if self.vad else True for f in fractions]
+        lo, n_voiced = 0, 0
+        for i, is_voiced in enumerate(voiced):
+            n_voiced += is_voiced
+            if n_voiced == self.max_batch or i == len(windows) - 1:
+                self._process_part(windows[lo:i + 1], voiced[lo:i + 1], out)
+                lo, n_voiced = i + 1, 0
+        return messages
+
+    def fuses(self) -> bool:
+        """Whether an explained window's prediction comes from its explanation's forward, so
+        the model runs once for it, not twice (py-spy, every window explained: the separate
+        prediction forward was 24 % of the daemon's CPU). Needs ``forward`` to be the softmax
+        of ``explain``'s logits (checked once) and no per-stream normalisation (whose
+        statistics must be updated by the prediction before the explanation reads them)."""
+        if self._fuses is None:
+            from streamer import gradcam
+
+            try:
+                self._fuses = self.norm is None and gradcam.explain_matches_forward(self.model)
+            except Exception:
+                log.exception("explain() failed on a noise window; predictions use forward()")
+                self._fuses = False
+            if not self._fuses and self.norm is None:
+                log.warning("forward() is not softmax(explain()): explained windows run twice")
+        return self._fuses
+
+    def _wants_explanation(self, stream_id: str) -> bool:
+        n = self._voiced_count.get(stream_id, 0)
+        self._voiced_count[stream_id] = n + 1
+        return self.explain_every > 0 and n % self.explain_every == 0
+
+    def _process_part(self, windows: list[Window], voiced: list[bool],
+                      out: Callable[[Message], None]) -> None:
         vw = [w for w, v in zip(windows, voiced, strict=True) if v]
-        probs, norm_stats = self._predict(vw)
+        wants = [self._wants_explanation(w.stream_id) for w in vw]
+        to_explain = [w for w, want in zip(vw, wants, strict=True) if want]
+        fused = self._start_explain(to_explain) if to_explain and self.fuses() else None
+        from_fused = [want and fused is not None for want in wants]
+        probs, norm_stats = self._predict(
+            [w for w, f in zip(vw, from_fused, strict=True) if not f])
+        rows = iter(probs)
+        fused_rows = iter(fused.probabilities if fused is not None else ())
         classes = self.model.classes
-        to_explain: list[Window] = []
-        explain_stats: list = []
         k = 0
         for win, is_voiced in zip(windows, voiced, strict=True):
             self.stats["windows"] += 1
             row = None
             if is_voiced:
-                row = probs[k]
+                row = next(fused_rows) if from_fused[k] else next(rows)
                 k += 1
                 self.stats["voiced"] += 1
-                if self._wants_explanation(win.stream_id):
-                    to_explain.append(win)
-                    if norm_stats is not None:
-                        explain_stats.append(norm_stats[k - 1])
             latency = (time.perf_counter() - win.arrived) * 1000.0
             out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
                                     win.wall_time, row, latency, classes, voiced=is_voiced))
-        for lo in range(0, len(to_explain), self.max_batch):
-            part_stats = explain_stats[lo:lo + self.max_batch] if explain_stats else None
-            for msg in self._explain(to_explain[lo:lo + self.max_batch], part_stats):
+        if to_explain and fused is None and not self.fuses():
+            stats = None if norm_stats is None else [
+                st for st, want in zip(norm_stats, wants, strict=True) if want]
+            fused = self._start_explain(to_explain, stats)
+        if fused is not None:
+            for msg in self._finish_explain(fused, to_explain):
                 out(msg)
-        return messages
 
-    def _explain(self, windows: list[Window], stats: list | None = None) -> list[Message]:
-        """Grad-CAM frames (streamer.gradcam); a failure costs the explanations, not the
-        predictions. ``stats``: each window's (mean, std) when normalising per stream."""
+    def _start_explain(self, windows: list[Window], stats: list | None = None) -> Any:
+        """Grad-CAM's forward (``gradcam.ExplainPass``), or None when it fails: a failure
+        costs the explanations, not the predictions. ``stats``: each window's (mean, std)
+        when normalising per stream."""
         try:
             import torch
 
@@ -180,19 +222,26 @@ class Engine:
             if stats:
                 stream_stats = (torch.stack([m for m, _ in stats]),
                                 torch.stack([s for _, s in stats]))
-            expls = gradcam.explain_windows(self.model, np.stack([w.samples for w in windows]),
-                                            metrics=self.explain_drops,
-                                            stream_stats=stream_stats)
-            for e in expls:  # older gradcam versions left metrics None without the drops
-                if e.metrics is None:
-                    grid = gradcam.spec_grid(self.model.card, *e.cam.shape)
-                    e.metrics = gradcam.cam_metrics(e.cam, grid,
-                                                    float(e.probabilities[e.target]))
+            return gradcam.start_explain(self.model, np.stack([w.samples for w in windows]),
+                                         stream_stats=stream_stats)
+        except Exception:
+            self.stats["explain_errors"] += 1
+            log.exception("Grad-CAM failed for %d window(s); predictions were sent",
+                          len(windows))
+            return None
+
+    def _finish_explain(self, pending: Any, windows: list[Window]) -> list[Message]:
+        """Grad-CAM's backward and the explanation messages (none if it fails)."""
+        try:
+            from streamer import gradcam
+
+            expls = pending.finish(metrics=self.explain_drops)
             msgs = [gradcam.explanation_payload(e, w.stream_id, w.seq, self.model.card)
                     for e, w in zip(expls, windows, strict=True)]
         except Exception:
             self.stats["explain_errors"] += 1
-            log.exception("Grad-CAM failed for %d window(s); predictions were sent", len(windows))
+            log.exception("Grad-CAM failed for %d window(s); predictions were sent",
+                          len(windows))
             return []
         self.stats["explained"] += len(msgs)
         return msgs

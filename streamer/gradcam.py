@@ -315,30 +315,101 @@ def _call_explain(module: Any, x: torch.Tensor, stream_stats: StreamStats | None
     return module.explain_stream(x, mean.to(x.device, x.dtype), std.to(x.device, x.dtype))
 
 
-def _explain_and_grad(module: Any, waves: torch.Tensor, targets: Any, method: str,
-                      classes: Sequence[str], stream_stats: StreamStats | None = None) -> tuple:
-    """explain() + the gradient of each window's target logit w.r.t. the map's input.
+def _backend(waves: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The backend flags a map's forward and backward run under.
+
+    CUDA: cuDNN's LSTM has no backward in eval mode, so cuDNN is off for both.
+    CPU: oneDNN's LSTM backward (mkldnn_rnn_layer_backward) is the largest single op of
+    Grad-CAM on the served CNN-LSTM in profiles; CPU_ONEDNN_OFF swaps in the native LSTM
+    (same gradients to 1e-10). Measured here (BiLSTM 64, 23 steps, fwd+bwd, best of 50):
+    oneDNN 1.3 ms, native 68 ms, so torch's default (oneDNN on) stays; benchmarks/gradcam.py
+    times both.
+    """
+    if waves.is_cuda:
+        return torch.backends.cudnn.flags(enabled=False)
+    if CPU_ONEDNN_OFF:
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+class CamPass:
+    """One batch's ``explain`` forward with its graph kept, then the backward that makes maps.
+
+    Split in two because the forward's logits are also the batch's prediction (every file
+    ``train/`` exports has ``forward() == softmax(explain()'s logits)``; see
+    :func:`explain_matches_forward`): a caller that wants both runs the model once and can send
+    the prediction before the backward. The graph holds the batch's activations until
+    :meth:`maps` (about 10 MB a window for the Whisper model), so keep batches bounded.
 
     TorchScript caveat (found here, torch 2.11): once the profiling executor has optimised
     ``explain`` (from its second call on), autodiff subgraphs swallow the activations and
     ``autograd.grad(score, activations)`` fails with "not used in the graph". Running
     ``explain`` with ``optimized_execution(False)`` keeps every returned tensor on the graph;
-    the cost is the interpreter instead of fused kernels, negligible next to conv/LSTM.
+    the cost is the interpreter instead of fused kernels, negligible next to conv/LSTM. A module
+    whose map still does not reach the logits is re-loaded once (:func:`_fresh_copy`).
     """
-    x = waves.detach().requires_grad_(method == "saliency")
-    with torch.jit.optimized_execution(False):
-        logits, acts, spec = _call_explain(module, x, stream_stats)
-        if method != "saliency" and not acts.requires_grad:
-            # Frozen parameters: make the graph reach the activations through the input.
-            x = waves.detach().requires_grad_(True)
-            logits, acts, spec = _call_explain(module, x, stream_stats)
-    tgt = _resolve_targets(targets, logits, classes)
-    score = logits.gather(1, tgt[:, None]).sum()
-    wrt = spec if method == "saliency" else acts
-    if not wrt.requires_grad:
-        return logits, acts, spec, None, tgt
-    (grad,) = torch.autograd.grad(score, wrt, allow_unused=True)
-    return logits, acts, spec, None if grad is None else grad.detach(), tgt
+
+    def __init__(self, module: Any, waves: torch.Tensor, method: str = "gradcam",
+                 classes: Sequence[str] = (), stream_stats: StreamStats | None = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown explain method {method!r}; use one of {METHODS}")
+        if isinstance(module, torch.jit.ScriptModule):
+            module = _FRESH.get(module, module)  # a module that needed a fresh copy keeps it
+        self.module, self.waves, self.method = module, waves, method
+        self.classes, self.stream_stats = list(classes), stream_stats
+        self._forward()
+
+    def _forward(self) -> None:
+        x = self.waves.detach().requires_grad_(self.method == "saliency")
+        with torch.enable_grad(), _backend(self.waves), torch.jit.optimized_execution(False):
+            self.logits, self.acts, self.spec = _call_explain(self.module, x, self.stream_stats)
+            if self.method != "saliency" and not self.acts.requires_grad:
+                # Frozen parameters: make the graph reach the activations through the input.
+                x = self.waves.detach().requires_grad_(True)
+                self.logits, self.acts, self.spec = _call_explain(self.module, x,
+                                                                  self.stream_stats)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """softmax of the logits ``[B, C]`` (float32, detached): the batch's prediction."""
+        return torch.softmax(self.logits.detach().float(), dim=1)
+
+    def _grad(self, tgt: torch.Tensor) -> torch.Tensor | None:
+        """The gradient of each window's target logit w.r.t. the map's input (windows are
+        independent in eval mode, so the summed score gives per-window gradients)."""
+        wrt = self.spec if self.method == "saliency" else self.acts
+        if not wrt.requires_grad:
+            return None
+        score = self.logits.gather(1, tgt[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, wrt, allow_unused=True)
+        return None if grad is None else grad.detach()
+
+    def maps(self, targets: Any = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(targets [B], cam [B, F, T] in [0, 1], raw peak [B], spec [B, F, T]); once per pass
+        (the backward frees the graph)."""
+        tgt = _resolve_targets(targets, self.logits, self.classes)
+        with torch.enable_grad(), _backend(self.waves):
+            grad = self._grad(tgt)
+            if grad is None and isinstance(self.module, torch.jit.ScriptModule):
+                # explain() already ran under the optimising executor elsewhere: a fresh copy.
+                self.module = _fresh_copy(self.module, self.waves.device)
+                self._forward()
+                grad = self._grad(tgt)
+            if grad is None:
+                what = "spectrogram" if self.method == "saliency" else "activations"
+                raise ValueError(f"the {what} that explain() returns do not reach the logits, "
+                                 f"so {self.method} has nothing to differentiate (see the model "
+                                 "contract)")
+            if self.method == "saliency":
+                cam = grad.abs().amax(dim=1)
+            else:
+                weights = grad.mean(dim=(2, 3), keepdim=True)
+                cam = F.relu((weights * self.acts.detach()).sum(dim=1, keepdim=True))
+                cam = F.interpolate(cam, size=self.spec.shape[-2:], mode="bilinear",
+                                    align_corners=False)[:, 0]
+        raw = cam.flatten(1).max(dim=1).values
+        return tgt, _minmax(cam.float()), raw, self.spec.detach()[:, 0].float()
 
 
 def class_activation_maps(
@@ -347,49 +418,66 @@ def class_activation_maps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities [B, C], targets [B], cam [B, F, T] in [0, 1], raw peak [B], spec [B, F, T]).
 
-    One batched ``explain`` and one ``autograd.grad``: the gradient of each window's own target
-    logit (windows are independent in eval mode, so the summed score gives per-window grads).
-    ``stream_stats``: each window's stream statistics, for models that normalise per stream
+    One batched ``explain`` and one ``autograd.grad`` (:class:`CamPass`). ``stream_stats``:
+    each window's stream statistics, for models that normalise per stream
     (``streamer.stream_norm``): the map then explains the label the stream was sent.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown explain method {method!r}; use one of {METHODS}")
-    # CUDA: cuDNN's LSTM has no backward in eval mode, so cuDNN is off for this call.
-    # CPU: oneDNN's LSTM backward (mkldnn_rnn_layer_backward) is the largest single op of
-    # Grad-CAM on the served CNN-LSTM in profiles; CPU_ONEDNN_OFF swaps in the native LSTM
-    # (same gradients to 1e-10). Measured here (BiLSTM 64, 23 steps, fwd+bwd, best of 50):
-    # oneDNN 1.3 ms, native 68 ms, so torch's default (oneDNN on) stays; benchmarks/gradcam.py
-    # times both.
-    if waves.is_cuda:
-        backend = torch.backends.cudnn.flags(enabled=False)
-    elif CPU_ONEDNN_OFF:
-        backend = torch.backends.mkldnn.flags(enabled=False)
-    else:
-        backend = contextlib.nullcontext()
-    if isinstance(module, torch.jit.ScriptModule):
-        module = _FRESH.get(module, module)  # a module that needed a fresh copy keeps using it
-    with torch.enable_grad(), backend:
-        logits, acts, spec, grad, tgt = _explain_and_grad(module, waves, targets, method,
-                                                          classes, stream_stats)
-        if grad is None and isinstance(module, torch.jit.ScriptModule):
-            # explain() already ran under the optimising executor elsewhere: use a fresh copy.
-            logits, acts, spec, grad, tgt = _explain_and_grad(
-                _fresh_copy(module, waves.device), waves, targets, method, classes,
-                stream_stats)
-        if grad is None:
-            what = "spectrogram" if method == "saliency" else "activations"
-            raise ValueError(f"the {what} that explain() returns do not reach the logits, so "
-                             f"{method} has nothing to differentiate (see the model contract)")
-        if method == "saliency":
-            cam = grad.abs().amax(dim=1)
-        else:
-            weights = grad.mean(dim=(2, 3), keepdim=True)
-            cam = F.relu((weights * acts.detach()).sum(dim=1, keepdim=True))
-            cam = F.interpolate(cam, size=spec.shape[-2:], mode="bilinear",
-                                align_corners=False)[:, 0]
-    raw = cam.flatten(1).max(dim=1).values
-    probs = torch.softmax(logits.detach().float(), dim=1)
-    return probs, tgt, _minmax(cam.float()), raw, spec.detach()[:, 0].float()
+    cams = CamPass(module, waves, method, classes, stream_stats)
+    tgt, cam, raw, spec = cams.maps(targets)
+    return cams.probabilities, tgt, cam, raw, spec
+
+
+@dataclass
+class ExplainPass:
+    """:class:`CamPass` with the card: :attr:`probabilities` after the forward, then
+    :meth:`finish` for the explanations (see :func:`start_explain`)."""
+
+    module: Any
+    cams: CamPass
+    card: dict  # with features.mel_scale filled in (infer_mel_scale) when the file omits it
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The batch's prediction ``[B, C]`` (float32), from the explanation's own forward."""
+        return self.cams.probabilities.cpu().numpy()
+
+    def finish(self, targets: Any = None, metrics: bool = True,
+               threshold: float = DEFAULT_THRESHOLD, seed: int = 0) -> list[Explanation]:
+        """The backward and the explanations (see :func:`explain_windows`); once per pass."""
+        tgt, cam, raw, spec = self.cams.maps(targets)
+        grid = spec_grid(self.card, cam.size(1), cam.size(2))
+        classes = self.cams.classes
+        probs_np, tgt_np = self.cams.probabilities.cpu().numpy(), tgt.cpu().numpy()
+        cam_np, spec_np, raw_np = cam.cpu().numpy(), spec.cpu().numpy(), raw.cpu().numpy()
+        out = [
+            Explanation(method=self.cams.method, target=int(tgt_np[i]),
+                        target_name=classes[int(tgt_np[i])], probabilities=probs_np[i],
+                        cam=cam_np[i].astype(np.float32), spectrogram=spec_np[i],
+                        times_s=grid.times_s, freqs_hz=grid.freqs_hz, classes=classes,
+                        raw_max=float(raw_np[i]), mel_scale=grid.mel_scale)
+            for i in range(len(tgt_np))
+        ]
+        for e in out:
+            e.metrics = cam_metrics(e.cam, grid, float(e.probabilities[e.target]), threshold)
+        if metrics:
+            add_confidence_drops(self.module, self.cams.waves, out, grid, seed=seed)
+        return out
+
+
+def start_explain(model: Any, waves: Any, explain_method: str | None = None,
+                  card: dict | None = None, stream_stats: StreamStats | None = None
+                  ) -> ExplainPass:
+    """The forward half of :func:`explain_windows`: the batch's probabilities are ready before
+    the backward runs (the daemon sends them as the windows' predictions first)."""
+    module, card = _unpack(model, card)
+    feats = dict(card.get("features") or {})
+    if not feats.get("mel_scale"):
+        card = {**card, "features": {**feats, "mel_scale": infer_mel_scale(module, card)}}
+    method = explain_method or card.get("explain_method") or "gradcam"
+    n_samples = int(round(float(card["sample_rate"]) * float(card["window_s"])))
+    x = _as_waves(waves, n_samples, _device_of(module))
+    cams = CamPass(module, x, method, list(card["classes"]), stream_stats)
+    return ExplainPass(module, cams, card)
 
 
 def explain_windows(
@@ -412,31 +500,34 @@ def explain_windows(
     drops (one more batched forward of 2B masked windows), ``False`` leaves them None (the
     cheapest live path).
     """
+    return start_explain(model, waves, explain_method, card, stream_stats).finish(
+        targets, metrics, threshold, seed)
+
+
+#: Largest difference between forward() and softmax(explain()'s logits) that still counts as
+#: the same prediction (float32 noise between the optimised and the plain interpreter).
+SAME_PREDICTION_ATOL = 1e-4
+_MATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def explain_matches_forward(model: Any, card: dict | None = None) -> bool:
+    """Whether the model's ``forward`` is the softmax of ``explain``'s logits, checked once per
+    module on two fixed noise windows. True for every file ``train/`` exports; the contract
+    does not promise it, so a caller that takes predictions from :class:`ExplainPass` asks."""
     module, card = _unpack(model, card)
-    feats = dict(card.get("features") or {})
-    if not feats.get("mel_scale"):
-        card = {**card, "features": {**feats, "mel_scale": infer_mel_scale(module, card)}}
-    method = explain_method or card.get("explain_method") or "gradcam"
-    classes = list(card["classes"])
-    n_samples = int(round(float(card["sample_rate"]) * float(card["window_s"])))
-    x = _as_waves(waves, n_samples, _device_of(module))
-    probs, tgt, cam, raw, spec = class_activation_maps(module, x, targets, method, classes,
-                                                       stream_stats)
-    grid = spec_grid(card, cam.size(1), cam.size(2))
-    probs_np, tgt_np = probs.cpu().numpy(), tgt.cpu().numpy()
-    cam_np, spec_np, raw_np = cam.cpu().numpy(), spec.cpu().numpy(), raw.cpu().numpy()
-    out = [
-        Explanation(method=method, target=int(tgt_np[i]), target_name=classes[int(tgt_np[i])],
-                    probabilities=probs_np[i], cam=cam_np[i].astype(np.float32),
-                    spectrogram=spec_np[i], times_s=grid.times_s, freqs_hz=grid.freqs_hz,
-                    classes=classes, raw_max=float(raw_np[i]), mel_scale=grid.mel_scale)
-        for i in range(len(tgt_np))
-    ]
-    for e in out:
-        e.metrics = cam_metrics(e.cam, grid, float(e.probabilities[e.target]), threshold)
-    if metrics:
-        add_confidence_drops(module, x, out, grid, seed=seed)
-    return out
+    if module in _MATCHES:
+        return _MATCHES[module]
+    n = int(round(float(card["sample_rate"]) * float(card["window_s"])))
+    rng = np.random.default_rng(0)
+    waves = torch.as_tensor(0.05 * rng.standard_normal((2, n)), dtype=torch.float32)
+    waves = waves.to(_device_of(module))
+    with torch.inference_mode():
+        plain = module(waves).float()
+    fused = start_explain(module, waves, card=card).cams.probabilities
+    ok = bool(plain.shape == fused.shape
+              and (plain - fused).abs().max().item() <= SAME_PREDICTION_ATOL)
+    _MATCHES[module] = ok
+    return ok
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -605,7 +696,8 @@ def explanation_payload(expl: Explanation, stream_id: str, seq: int, card: dict 
 
 __all__ = [
     "DEFAULT_THRESHOLD", "METHODS", "Explanation", "ExplanationMetrics", "SpecGrid",
-    "add_confidence_drops", "box_mask", "cam_metrics", "class_activation_maps", "downsample",
-    "explain_windows", "explanation_payload", "hz_to_mel", "infer_mel_scale", "mask_waves",
-    "mel_band_centres", "mel_to_hz", "random_box_like", "spec_grid", "target_probabilities",
+    "CamPass", "ExplainPass", "add_confidence_drops", "box_mask", "cam_metrics",
+    "class_activation_maps", "downsample", "explain_matches_forward", "explain_windows",
+    "explanation_payload", "hz_to_mel", "infer_mel_scale", "mask_waves", "mel_band_centres",
+    "mel_to_hz", "random_box_like", "spec_grid", "start_explain", "target_probabilities",
 ]

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import torch
 
 from streamer import protocol
 from streamer.engine import Engine
 from streamer.model import ServedModel
 from streamer.vad import VadConfig
 from streamer.windows import Window, Windower
+from tests.tiny_model import TinyModel
+from tests.tiny_model import card as tiny_card
 
 SR = 16000
 
@@ -87,18 +90,86 @@ def test_explain_every_n_and_order(model: ServedModel, speech: np.ndarray) -> No
         assert len(json.dumps(m)) <= protocol.MAX_EXPLANATION_BYTES
 
 
+def _probs(msgs: list[dict], classes: list[str]) -> np.ndarray:
+    return np.array([[m["probabilities"][c] for c in classes]
+                     for m in msgs if m["type"] == "prediction"])
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_explained_predictions_come_from_the_explanation(model: ServedModel,
+                                                         speech: np.ndarray,
+                                                         every: int) -> None:
+    """The model runs once per explained window (its prediction is the explanation's forward)
+    and the predictions still equal forward()'s, in order, across parts of max_batch."""
+    wa, wb = _windows("a", speech), _windows("b", speech[::-1].copy())
+    batch = [w for pair in zip(wa, wb, strict=True) for w in pair]
+    engine = Engine(model, vad=None, explain_every=every, max_batch=3)
+    assert engine.fuses()
+    calls = {"forward": 0}
+    real = model.predict
+
+    def counted(waves: np.ndarray) -> np.ndarray:
+        calls["forward"] += len(waves)
+        return real(waves)
+
+    engine.model = type(model)(module=model.module, card=model.card, device=model.device)
+    engine.model.predict = counted  # type: ignore[method-assign]
+    msgs = engine.process(batch)
+    n_explained = sum(m["type"] == "explanation" for m in msgs)
+    assert n_explained == sum(len(range(0, len(w), every)) for w in (wa, wb))
+    assert calls["forward"] == len(batch) - n_explained
+    preds = [m for m in msgs if m["type"] == "prediction"]
+    assert [(m["stream"], m["seq"]) for m in preds] == [(w.stream_id, w.seq) for w in batch]
+    np.testing.assert_allclose(_probs(msgs, model.classes),
+                               real(np.stack([w.samples for w in batch])), atol=1e-5)
+    for m in msgs:  # each explanation after its own prediction
+        if m["type"] == "explanation":
+            assert msgs.index(m) > next(i for i, p in enumerate(msgs)
+                                        if p["type"] == "prediction"
+                                        and (p["stream"], p["seq"]) == (m["stream"], m["seq"]))
+
+
+class _Calibrated(TinyModel):
+    """forward() is a temperature-scaled softmax, not softmax(explain()'s logits)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _, _ = self.explain(wave)
+        return torch.softmax(logits / 4.0, dim=-1)
+
+
+def test_a_forward_that_is_not_explains_softmax_is_run(speech: np.ndarray) -> None:
+    torch.manual_seed(0)
+    module = torch.jit.script(_Calibrated().eval())
+    served = ServedModel(module=module, card=tiny_card(), device=torch.device("cpu"))
+    engine = Engine(served, vad=None, explain_every=1)
+    assert not engine.fuses()
+    wins = _windows("s", speech)[:4]
+    msgs = engine.process(wins)
+    assert [m["type"] for m in msgs] == ["prediction"] * 4 + ["explanation"] * 4
+    np.testing.assert_allclose(_probs(msgs, served.classes),
+                               served.predict(np.stack([w.samples for w in wins])), atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["forward", "backward"])
 def test_gradcam_failure_keeps_predictions(model: ServedModel, speech: np.ndarray,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                           monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """Grad-CAM failing in its forward (the predictions then come from forward()) or in its
+    backward (after the predictions went out) costs the explanations only."""
     from streamer import gradcam
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("broken explainer")
 
-    monkeypatch.setattr(gradcam, "explain_windows", boom)
     engine = Engine(model, vad=None, explain_every=1)
-    msgs = engine.process(_windows("s", speech)[:3])
+    assert engine.fuses()
+    monkeypatch.setattr(*((gradcam, "start_explain", boom) if stage == "forward"
+                          else (gradcam.ExplainPass, "finish", boom)))
+    wins = _windows("s", speech)[:3]
+    msgs = engine.process(wins)
     assert [m["type"] for m in msgs] == ["prediction"] * 3
     assert engine.stats["explain_errors"] == 1
+    np.testing.assert_allclose(_probs(msgs, model.classes),
+                               model.predict(np.stack([w.samples for w in wins])), atol=1e-5)
 
 
 def test_end_stream_resets_counters(model: ServedModel, speech: np.ndarray) -> None:
