@@ -117,9 +117,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float, loop: bool,
-                    duration_s: float | None) -> dict:
+                    duration_s: float | None, stagger_s: float = 0.0) -> dict:
     """Start ``n_streams`` replays of ``path``; collect until ``duration_s`` (or, when None,
-    until every stream has ended). Latencies are those received before the trial ends."""
+    until every stream has ended). Latencies are those received before the trial ends.
+
+    ``stagger_s``: the streams' starts spread evenly over this many seconds (one hop: their
+    windows complete at evenly spread moments, as calls that began at independent times do);
+    0 starts them back to back, so every stream's windows complete together (the worst case
+    for latency: one batch of N windows every hop)."""
     from websockets.asyncio.client import connect
 
     lat: list[float] = []
@@ -137,6 +142,8 @@ async def run_trial(port: int, pid: int, path: str, n_streams: int, speed: float
         t_req = time.perf_counter()
         cpu0 = cpu_seconds(pid)
         for i in range(n_streams):
+            if i and stagger_s:
+                await asyncio.sleep(stagger_s / n_streams)  # no window completes this early
             await ws.send(protocol.encode(protocol.replay(path=path, speed=speed, loop=loop,
                                                           id=f"r{i}")))
         deadline = None if duration_s is None else time.monotonic() + duration_s + 3.0
@@ -210,8 +217,9 @@ def _summary(values: list[float]) -> dict:
             "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
 
 
-def _level(port: int, pid: int, n: int, trial_s: float, every: int = 1) -> dict:
-    r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, trial_s))
+def _level(port: int, pid: int, n: int, trial_s: float, every: int = 1,
+           stagger_s: float = 0.0) -> dict:
+    r = asyncio.run(run_trial(port, pid, "rt", n, 1.0, True, trial_s, stagger_s))
     # Grad-CAM on every ``every``-th voiced window: those predictions have their explanation
     # (bar the last one per stream, which may still be on its way when the trial ends)
     r["explanations_missing"] = max(0, (r["voiced_predictions"] // every if every else 0)
@@ -227,24 +235,26 @@ def _level(port: int, pid: int, n: int, trial_s: float, every: int = 1) -> dict:
     return r
 
 
-def concurrency(port: int, pid: int, trial_s: float, max_streams: int, every: int = 1) -> dict:
+def concurrency(port: int, pid: int, trial_s: float, max_streams: int, every: int = 1,
+                stagger_s: float = 0.0) -> dict:
     """N = 1, 2, 4, ... until a level fails, then bisect (to within a quarter)."""
     levels: list[dict] = []
     n, best, worst = 1, 0, None
     while n <= max_streams:
-        levels.append(_level(port, pid, n, trial_s, every))
+        levels.append(_level(port, pid, n, trial_s, every, stagger_s))
         if not levels[-1]["ok"]:
             worst = n
             break
         best, n = n, n * 2
     while worst is not None and worst - best > max(1, best // 4):
         n = (best + worst) // 2
-        levels.append(_level(port, pid, n, trial_s, every))
+        levels.append(_level(port, pid, n, trial_s, every, stagger_s))
         best, worst = (n, worst) if levels[-1]["ok"] else (best, n)
     # from levels that kept up (an overloaded level does less work per stream)
     per_stream = min([lv["daemon_cores_per_stream"] for lv in levels
                       if lv["ok"] and lv["daemon_cores_per_stream"]] or [9e9])
-    return {"vad": "silero", "explain_every": every, "max_streams_ok": best,
+    return {"vad": "silero", "explain_every": every, "stagger_s": stagger_s,
+            "max_streams_ok": best,
             # an upper bound, not a measurement: what the CPU the daemon used would allow on
             # two otherwise idle cores (the shared box gives it a fraction of one)
             "cpu_bound_estimate_streams_on_2_idle_cores": int(2 / per_stream),
@@ -302,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain-every", type=int, default=1, metavar="N",
                    help="latency and concurrency runs explain every N-th voiced window "
                    "(default 1: every window)")
+    p.add_argument("--stagger", action="store_true",
+                   help="concurrency: spread the streams' starts over one hop (calls that began "
+                   "at independent times) instead of starting them together (the worst case)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.quick:
@@ -334,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"latency: {lat['latency_ms']}", file=sys.stderr)
                 if "concurrency" in want:
                     result["concurrency"] = concurrency(port, pid, args.trial_s,
-                                                        args.max_streams, every)
+                                                        args.max_streams, every,
+                                                        0.5 if args.stagger else 0.0)
         if "throughput" in want:
             result["throughput"] = {}
             for vad in ("silero", "energy"):
@@ -360,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{tp['energy']['audio_s_per_cpu_s']} audio-s per CPU-s)")
     if "concurrency" in result:
         cc = result["concurrency"]
-        parts.append(f"{cc['max_streams_ok']} real-time streams with Grad-CAM every "
-                     f"{cc['explain_every']} window(s) (bar >= 32; "
+        parts.append(f"{cc['max_streams_ok']} real-time streams "
+                     f"({'staggered' if cc['stagger_s'] else 'started together'}) with "
+                     f"Grad-CAM every {cc['explain_every']} window(s) (bar >= 32; "
                      f"CPU-bound estimate {cc['cpu_bound_estimate_streams_on_2_idle_cores']} "
                      f"on 2 idle cores)")
     print(f"streaming ({model_name}, {args.threads} torch thread(s), load "
