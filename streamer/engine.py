@@ -183,12 +183,13 @@ class Engine:
         vw = [w for w, v in zip(windows, voiced, strict=True) if v]
         wants = [self._wants_explanation(w.stream_id) for w in vw]
         to_explain = [w for w, want in zip(vw, wants, strict=True) if want]
-        fused = self._start_explain(to_explain) if to_explain and self.fuses() else None
-        from_fused = [want and fused is not None for want in wants]
+        # Fused: the explained windows' forward (with its graph) is their prediction too.
+        pending = self._start_explain(to_explain) if to_explain and self.fuses() else None
+        from_fused = [want and pending is not None for want in wants]
         probs, norm_stats = self._predict(
             [w for w, f in zip(vw, from_fused, strict=True) if not f])
         rows = iter(probs)
-        fused_rows = iter(fused.probabilities if fused is not None else ())
+        fused_rows = iter(pending.probabilities if pending is not None else ())
         classes = self.model.classes
         k = 0
         for win, is_voiced in zip(windows, voiced, strict=True):
@@ -201,12 +202,12 @@ class Engine:
             latency = (time.perf_counter() - win.arrived) * 1000.0
             out(protocol.prediction(win.stream_id, win.seq, win.t_start, win.t_end,
                                     win.wall_time, row, latency, classes, voiced=is_voiced))
-        if to_explain and fused is None and not self.fuses():
+        if to_explain and not self.fuses():  # not fused: Grad-CAM's own forward now
             stats = None if norm_stats is None else [
                 st for st, want in zip(norm_stats, wants, strict=True) if want]
-            fused = self._start_explain(to_explain, stats)
-        if fused is not None:
-            for msg in self._finish_explain(fused, to_explain):
+            pending = self._start_explain(to_explain, stats)
+        if pending is not None:
+            for msg in self._finish_explain(pending, to_explain):
                 out(msg)
 
     def _start_explain(self, windows: list[Window], stats: list | None = None) -> Any:
