@@ -84,11 +84,18 @@ class EncoderDims:
 
 
 class MultiHeadAttention(nn.Module):
-    """Whisper's self-attention (key without bias), on PyTorch's fused SDPA kernel."""
+    """Whisper's self-attention (key without bias).
+
+    Written out (softmax(q k^T / sqrt(d)) v) rather than ``F.scaled_dot_product_attention``
+    on purpose: at a window's 150 positions the CPU flash kernel's backward in bfloat16 cost
+    more than the whole attention written out (saliency of 12 windows 147 vs 121 ms, 2
+    threads); float32 is the same either way (``benchmarks/precision.py``).
+    """
 
     def __init__(self, n_state: int, n_head: int) -> None:
         super().__init__()
         self.n_head = n_head
+        self.scale = (n_state // n_head) ** -0.5
         self.query = nn.Linear(n_state, n_state)
         self.key = nn.Linear(n_state, n_state, bias=False)
         self.value = nn.Linear(n_state, n_state)
@@ -100,8 +107,8 @@ class MultiHeadAttention(nn.Module):
         q = self.query(x).view(b, t, h, d // h).transpose(1, 2)
         k = self.key(x).view(b, t, h, d // h).transpose(1, 2)
         v = self.value(x).view(b, t, h, d // h).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v)
-        return self.out(a.transpose(1, 2).reshape(b, t, d))
+        w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale, dim=-1)
+        return self.out(torch.matmul(w, v).transpose(1, 2).reshape(b, t, d))
 
 
 class ResidualAttentionBlock(nn.Module):

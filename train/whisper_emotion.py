@@ -138,8 +138,13 @@ class WhisperEmotion(nn.Module):
         return self.front(wave).unsqueeze(1)
 
     def states(self, spec: torch.Tensor) -> torch.Tensor:
-        """Encoder states [B, T', D] of the kept blocks."""
-        return self.encoder(spec.squeeze(1))
+        """Encoder states [B, T', D] of the kept blocks, float32.
+
+        The encoder runs in its weights' dtype: a runtime may cast it to bfloat16 (the card's
+        ``precision``), while the log-mel, pooling and head stay float32.
+        """
+        x = spec.squeeze(1).to(self.encoder.conv1.weight.dtype)
+        return self.encoder(x).to(torch.float32)
 
     def pooled(self, spec: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         if self.voiced:
