@@ -15,6 +15,12 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "models/default.pt"  # as the docs name it: the repository path
 EXAMPLE_STREAM = "examples/tess_stream"
 
+# Inference precision (streamer.model.resolve_precision); here so CLI modules stay torch-free.
+PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISION_HELP = ("numeric precision of the model's bfloat16-capable parts (its card's "
+                  "'precision'): auto = bfloat16 on CPUs with native bfloat16 (AVX512-BF16, "
+                  "AMX), float32 elsewhere and on CUDA (default auto; benchmarks/precision.py)")
+
 
 def checkout_root() -> Path | None:
     """The repository root when running from a source checkout, else None (installed)."""

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.cliutil import add_command, default_model_path, model_help
+from emotion_monitor.cliutil import (
+    PRECISION_HELP,
+    PRECISIONS,
+    add_command,
+    default_model_path,
+    model_help,
+)
 
 DEFAULT_SESSIONS = "sessions"
 
@@ -80,6 +86,8 @@ def _register_stream(sub: Any) -> None:
     m.add_argument("--model", default=str(default_model_path()), help=model_help())
     m.add_argument("--device", default="auto",
                    help="inference device auto|cpu|cuda (auto = CUDA when present)")
+    m.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help=PRECISION_HELP)
     m.add_argument("--hop", type=float, default=0.5, help="window hop, seconds (default 0.5)")
     m.add_argument("--explain-every", type=int, default=1, metavar="N",
                    help="Grad-CAM every N-th voiced window of a stream; 0 = off (default 1)")
@@ -259,7 +267,7 @@ def _stream(args: argparse.Namespace) -> int:
                           max_inline_upload_bytes=int(args.max_inline_upload_mb * 2**20),
                           queue_size=args.queue_size)
     config = DaemonConfig(
-        model_path=args.model, device=args.device, hop_s=args.hop,
+        model_path=args.model, device=args.device, precision=args.precision, hop_s=args.hop,
         explain_every=args.explain_every, stream_norm=args.stream_norm, vad=args.vad,
         vad_threshold=args.vad_threshold, sessions_dir=args.sessions_dir,
         session_id=args.session_id, log_explanations_every=args.log_explanations_every,
@@ -274,7 +282,8 @@ def _stream(args: argparse.Namespace) -> int:
         fallback_local=args.inference_fallback == "local", timeout_s=args.inference_timeout,
         request_windows=args.inference_request_windows)
     try:  # remote inference: the served model's card, read from the cluster
-        model = (ServedModel.load(args.model, args.device) if args.inference == "local"
+        model = (ServedModel.load(args.model, args.device, args.precision)
+                 if args.inference == "local"
                  else connect_remote(config))
     except (ModelError, InferenceUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,7 +14,13 @@ import os
 import sys
 from typing import Any
 
-from emotion_monitor.cliutil import add_command, default_model_path, model_help
+from emotion_monitor.cliutil import (
+    PRECISION_HELP,
+    PRECISIONS,
+    add_command,
+    default_model_path,
+    model_help,
+)
 
 RAY_MISSING = "error: Ray Serve is not installed: pip install 'emotion-monitor[ray]'"
 
@@ -41,6 +47,7 @@ def register(sub: Any) -> None:
     up.add_argument("--num-gpus", type=float, default=0.0,
                     help="GPUs per replica (fractions share a GPU; > 0 runs on CUDA)")
     up.add_argument("--threads", type=int, default=2, help="torch threads per replica")
+    up.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     up.add_argument("--max-batch", type=int, default=32,
                     help="windows per forward, from every daemon (default 32)")
     up.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -103,7 +110,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"error: model file not found: {args.model}", file=sys.stderr)
         return 2
     settings = app.ReplicaSettings(device="cuda" if args.num_gpus > 0 else "cpu",
-                                   threads=args.threads, max_batch=args.max_batch,
+                                   precision=args.precision, threads=args.threads,
+                                   max_batch=args.max_batch,
                                    batch_wait_s=args.batch_wait_ms / 1000.0)
     try:
         url = app.up(args.address, args.model, settings, http_host=args.http_host,

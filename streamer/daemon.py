@@ -57,6 +57,7 @@ ENDED_LISTED_S = 60.0
 class DaemonConfig:
     model_path: str | Path = field(default_factory=default_model_path)
     device: str = "auto"
+    precision: str = "auto"  # streamer.model.resolve_precision
     hop_s: float = 0.5
     explain_every: int = 1
     stream_norm: bool = False  # per-stream normalisation (streamer/stream_norm.py)
@@ -156,7 +157,8 @@ class Daemon:
         elif self.model is None:
             from streamer.model import ServedModel
 
-            self.model = ServedModel.load(self.config.model_path, self.config.device)
+            self.model = ServedModel.load(self.config.model_path, self.config.device,
+                                          self.config.precision)
 
     def _listed(self, keep_s: float) -> list[tuple[str, _Stream]]:
         """Running streams and those that ended in the last ``keep_s`` seconds, so hello and

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.cliutil import add_command, default_model_path, model_help
+from emotion_monitor.cliutil import (
+    PRECISION_HELP,
+    PRECISIONS,
+    add_command,
+    default_model_path,
+    model_help,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
@@ -54,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--method", choices=["gradcam", "vit-tokens", "saliency"], default=None,
                    help="override the card's explain_method")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
@@ -101,7 +108,7 @@ def _explain(args: argparse.Namespace) -> int:
         print("error: --per-class needs --data DIR", file=sys.stderr)
         return 2
     try:
-        model = ServedModel.load(args.model, args.device)
+        model = ServedModel.load(args.model, args.device, args.precision)
         target = _target(model, args.class_)
     except (ModelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

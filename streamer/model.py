@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emotion_monitor.cliutil import PRECISIONS
 from streamer.card import CardView
 
 REQUIRED_CARD_KEYS = ("name", "classes", "sample_rate", "window_s")
@@ -35,6 +36,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bfloat16_native(device: torch.device) -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX, through
+    oneDNN); elsewhere bfloat16 is emulated and slower than float32. CUDA answers False: the
+    GPU path has not been measured in bfloat16, so it stays float32."""
+    if device.type != "cpu":
+        return False
+    try:  # torch 2.11 has no public query; this private op is what torch's own tests use
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, card: dict, device: torch.device) -> str:
+    """``auto``: bfloat16 where the card lists submodules that may run in it (``precision``:
+    ``{"bfloat16": [...]}``) and :func:`bfloat16_native`; else float32."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    offered = bool((card.get("precision") or {}).get("bfloat16"))
+    if precision == "bfloat16" and not offered:
+        raise ModelError(f"--precision bfloat16: {card.get('name')}'s card offers no bfloat16 "
+                         "submodules (only float32)")
+    if precision == "auto":
+        return "bfloat16" if offered and bfloat16_native(device) else "float32"
+    return precision
+
+
 def validate_card(card: Any, path: Path | str = "<card>") -> dict:
     """Check the keys the streamer relies on; returns the card."""
     if not isinstance(card, dict):
@@ -49,6 +76,10 @@ def validate_card(card: Any, path: Path | str = "<card>") -> dict:
         raise ModelError(f"{path}: card 'sample_rate' must be a positive number")
     if not (isinstance(card["window_s"], int | float) and card["window_s"] > 0):
         raise ModelError(f"{path}: card 'window_s' must be a positive number")
+    low = card.get("precision")
+    if low is not None and not (isinstance(low, dict) and isinstance(low.get("bfloat16", []), list)
+                                and all(isinstance(n, str) for n in low.get("bfloat16", []))):
+        raise ModelError(f"{path}: card 'precision' must be {{\"bfloat16\": [submodule names]}}")
     return card
 
 
@@ -59,10 +90,16 @@ class ServedModel(CardView):
     module: torch.jit.ScriptModule
     device: torch.device
     path: Path | None = None
+    precision: str = "float32"
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> ServedModel:
-        """Read a model file and its card; clear ModelError for anything unusable."""
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto"
+             ) -> ServedModel:
+        """Read a model file and its card; clear ModelError for anything unusable.
+
+        ``precision`` (:func:`resolve_precision`): the card's bfloat16 submodules are cast
+        after loading; inputs, probabilities and maps stay float32.
+        """
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
@@ -86,8 +123,16 @@ class ServedModel(CardView):
         for method in ("forward", "explain"):
             if not hasattr(module, method):
                 raise ModelError(f"{path}: the model has no '{method}' method")
+        precision = resolve_precision(precision, card, dev)
+        if precision == "bfloat16":
+            for name in card["precision"]["bfloat16"]:
+                sub = getattr(module, name, None)
+                if not isinstance(sub, torch.nn.Module):
+                    raise ModelError(f"{path}: the card's bfloat16 submodule {name!r} is not in "
+                                     "the model")
+                sub.to(torch.bfloat16)
         module.eval()
-        return cls(module=module, card=card, device=dev, path=path)
+        return cls(module=module, card=card, device=dev, path=path, precision=precision)
 
     def _as_batch(self, waves: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(waves, dtype=torch.float32)

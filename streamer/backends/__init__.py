@@ -43,7 +43,7 @@ def open_engine(config: Any, model: Any = None) -> tuple[Any, Any]:
         from streamer.model import ServedModel
 
         if model is None:
-            model = ServedModel.load(config.model_path, config.device)
+            model = ServedModel.load(config.model_path, config.device, config.precision)
         engine = Engine(model, vad=vad, explain_every=config.explain_every,
                         max_batch=config.max_batch, stream_norm=config.stream_norm)
     else:
@@ -87,7 +87,7 @@ def _open_remote(config: Any, model: Any, vad: Any) -> tuple[Any, Any]:
         from streamer.backends.compute import Compute, file_sha256
         from streamer.model import ServedModel
 
-        served = ServedModel.load(config.model_path, config.device)
+        served = ServedModel.load(config.model_path, config.device, config.precision)
         fallback = Compute(served, file_sha256(config.model_path), config.max_batch)
         fallback.warmup()
     client = ServeClient(model.url, config.remote.timeout_s)

@@ -81,6 +81,7 @@ class ReplicaSettings:
     """How each replica runs the model (``cluster up`` flags)."""
 
     device: str = "auto"
+    precision: str = "auto"  # streamer.model.resolve_precision
     threads: int = 2
     max_batch: int = 32  # windows per forward, across daemons
     batch_wait_s: float = 0.005
@@ -105,7 +106,7 @@ class EmotionModel:
         with os.fdopen(fd, "wb") as fh:
             fh.write(model_bytes)
         try:
-            model = ServedModel.load(path, self.settings.device)
+            model = ServedModel.load(path, self.settings.device, self.settings.precision)
         finally:
             Path(path).unlink(missing_ok=True)
         self.compute = Compute(model, hashlib.sha256(model_bytes).hexdigest(),
