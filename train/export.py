@@ -508,20 +508,66 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
         } if stream_norm else None,
         "licence_note": "weights trained on TESS (CC BY-NC-ND 4.0) and RAVDESS (CC BY-NC-SA "
                         "4.0): non-commercial use; Whisper's encoder is MIT",
+        **WHISPER_PRECISION,
     }
     return model, card
+
+
+# The encoder may run in bfloat16 where the CPU has it natively (streamer.model.resolve_precision);
+# what that changes is measured by benchmarks/precision.py.
+WHISPER_PRECISION = {"precision": {
+    "bfloat16": ["encoder"],
+    "note": "the runtime may cast these submodules to bfloat16 (--precision auto: CPUs with "
+            "AVX512-BF16 or AMX); the log-mel, pooling and head stay float32. Held-out figures "
+            "were measured in float32; benchmarks/precision.py compares the two",
+}}
+
+
+def whisper_from_file(model_path: Path, encoder: str | Path | None) -> tuple[nn.Module, dict]:
+    """Re-script an exported Whisper model file with the current code: the same weights and
+    card (plus what the current exporter adds), checked equal to the old file's output."""
+    from train.whisper_emotion import WhisperEmotionConfig, build
+
+    card = read_card(model_path)
+    if not str(card.get("architecture", "")).startswith("WhisperEmotion"):
+        raise ExportError(f"{model_path}: not a WhisperEmotion model file (re-export takes "
+                          "those only; other kinds export from their run directory)")
+    if encoder is None or not Path(encoder).is_file():
+        raise ExportError(f"{model_path}: re-export needs --encoder (the Whisper checkpoint "
+                          "that gives the encoder's dimensions)")
+    old = load_model(model_path)
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("front.")}
+    n_blocks = len({k.split(".")[2] for k in state if k.startswith("encoder.blocks.")})
+    config = WhisperEmotionConfig(sample_rate=int(card["sample_rate"]),
+                                  window_s=float(card["window_s"]), n_blocks=n_blocks,
+                                  pooling="voiced" if old.voiced else "all",
+                                  n_classes=len(card["classes"]))
+    model = build(str(encoder), config)
+    model.load_state_dict(state)
+    model.prior_windows = float(old.prior_windows)
+    x = 0.05 * torch.randn(4, config.n_samples, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (model(x) - old(x)).abs().max().item()
+    if diff > 1e-4:
+        raise ExportError(f"{model_path}: the re-scripted model differs from the file by {diff}")
+    return model, {**card, **WHISPER_PRECISION}
 
 
 # ---------------------------------------------------------------- entry point
 
 def export(source: str | Path | nn.Module, path: str | Path, card: dict | None = None,
            overrides: dict | None = None, encoder: str | Path | None = None) -> Path:
-    """Export a run directory (streaming, whisper or paper) or a module (with ``card``) to
-    ``path``; ``encoder`` overrides a whisper run's checkpoint path."""
+    """Export a run directory (streaming, whisper or paper), a module (with ``card``) or an
+    exported Whisper model file (re-scripted with the current code) to ``path``; ``encoder``
+    overrides a whisper run's checkpoint path."""
     if isinstance(source, nn.Module):
         if card is None:
             raise ExportError("exporting a module needs its model card")
         module = source
+    elif Path(source).is_file():
+        module, card = whisper_from_file(Path(source), encoder)
+        card = {k: v for k, v in card.items() if k not in ("torch_version", "torchaudio_version",
+                                                         "exported_at")}
     else:
         run_dir = Path(source)
         cfg_path = run_dir / "config.json"

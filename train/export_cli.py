@@ -70,7 +70,8 @@ def register(sub: Any) -> None:
         example="emotion-monitor export runs/streaming/default -o models/default.pt",
         handler=_export,
     )
-    p.add_argument("run_dir", help="run directory (train.streaming_train or `train run`)")
+    p.add_argument("run_dir", help="run directory (train.streaming_train or `train run`), or "
+                   "an exported Whisper model file to re-script with this version's code")
     p.add_argument("-o", "--output", required=True, help="model file to write (models/NAME.pt)")
     p.add_argument("--name", help="model name in the card (default: the run's)")
     p.add_argument("--version", help="model version in the card (default 1.0.0)")
