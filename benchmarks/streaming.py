@@ -61,12 +61,13 @@ def _serve(opts: dict, ready: Any) -> None:
     from streamer.server import ServerConfig
     from streamer.vad import VadConfig
 
-    model = ServedModel.load(opts["model"], device=opts["device"])
+    model = ServedModel.load(opts["model"], device=opts["device"], precision=opts["precision"])
     vad = None if opts["vad"] == "off" else VadConfig(method=opts["vad"])
     engine = Engine(model, vad=vad, explain_every=opts["explain_every"], max_batch=64)
     engine.warmup()
     cfg = DaemonConfig(
-        model_path=opts["model"], device=opts["device"], hop_s=opts["hop"],
+        model_path=opts["model"], device=opts["device"], precision=opts["precision"],
+        hop_s=opts["hop"],
         explain_every=opts["explain_every"], vad=opts["vad"], sessions_dir=opts["sessions"],
         allowed_dir=opts["allowed"], max_streams=256, max_pending_windows=1024,
         server=ServerConfig(port=0, max_clients=8, queue_size=100_000))
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (default: models/default.pt, else tiny)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the daemon's --precision (default auto)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads in the daemon (1: on a busy 2-core box two "
                         "OpenMP threads made each small op up to 40x slower)")
@@ -325,13 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         model, model_name = pick_model(tmp, args.model)
         allowed = tmp / "allowed"
         make_replay_dirs(allowed, n_rt=14, n_bulk=args.bulk_files)
-        base = {"model": model, "device": args.device, "threads": args.threads, "hop": 0.5,
+        base = {"model": model, "device": args.device, "precision": args.precision,
+                "threads": args.threads, "hop": 0.5,
                 "allowed": str(allowed), "sessions": str(tmp / "sessions")}
         result: dict[str, Any] = {
             "machine": machine(args.threads),
             "settings": {"model": model_name, "model_path": model,
                          "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
-                         "device": args.device,
+                         "device": args.device, "precision": args.precision,
                          "hop_s": 0.5, "window_s": 3.0, "replay": "TESS files, 0.5 s gaps",
                          "latency_s": args.latency_s, "bulk_files": args.bulk_files,
                          "trial_s": args.trial_s},
