@@ -301,7 +301,9 @@ def _stream(args: argparse.Namespace) -> int:
         await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
         if daemon.port:
             print(f"emotion-monitor: session {daemon.session_id} serving "
-                  f"ws://{args.host}:{daemon.port}/ (log {daemon.log.path if daemon.log else '-'})",
+                  f"ws://{args.host}:{daemon.port}/ (log {daemon.log.path if daemon.log else '-'}"
+                  f"; model {model.card.get('name')} {model.card.get('version', '')}"
+                  f"{f', {model.precision}' if getattr(model, 'precision', None) else ''})",
                   file=sys.stderr, flush=True)
             print(f"emotion-monitor: calls on ws://{args.host}:{daemon.port}/ingest (token "
                   f"required; max {args.max_calls} calls)" if ingest_token else
