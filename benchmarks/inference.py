@@ -41,12 +41,23 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _load(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict]:
-    extra = {"model_card.json": ""}
+def _load(path: Path, device: torch.device, precision: str = "float32"
+          ) -> tuple[torch.jit.ScriptModule, dict]:
+    """The file as the streamer loads it (``--precision``: the card's bfloat16 submodules)."""
+    from streamer.model import ServedModel
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return module.eval(), json.loads(extra["model_card.json"])
+        served = ServedModel.load(path, str(device), precision)
+    return served.module, served.card
+
+
+def _load_card(path: Path) -> dict:
+    from streamer.model import ServedModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ServedModel.load(path, "cpu", "float32").card
 
 
 def _sync(device: torch.device) -> None:
@@ -100,8 +111,8 @@ def bench(path: Path, device: torch.device, repeats: int, batch: int) -> dict:
     return bench_many([path], device, repeats, batch)[0]
 
 
-def _callables(path: Path, device: torch.device, batch: int) -> dict:
-    module, card = _load(path, device)
+def _callables(path: Path, device: torch.device, batch: int, precision: str) -> dict:
+    module, card = _load(path, device, precision)
     n = int(round(card["sample_rate"] * card["window_s"]))
     method = card.get("explain_method", "gradcam")
     gen = torch.Generator().manual_seed(0)
@@ -122,9 +133,18 @@ def _callables(path: Path, device: torch.device, batch: int) -> dict:
     return {"fwd1": fwd1, "cam1": cam1, "fwd_b": fwd_b}
 
 
-def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int) -> list[dict]:
-    """Time every model, interleaved: each round runs each model's call once."""
-    calls = [_callables(p, device, batch) for p in paths]
+def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int,
+               precision: str = "float32") -> list[dict]:
+    """Time every model, interleaved: each round runs each model's call once. ``precision``
+    (float32, bfloat16, auto, or several comma-separated) times each file at each, one row
+    apiece, in the same rounds; bfloat16 only where the card offers it."""
+    from streamer.model import resolve_precision
+
+    precs = precision.split(",")
+    runs = [(p, pr) for p in paths for pr in precs
+            if pr != "bfloat16" or (_load_card(p).get("precision") or {}).get("bfloat16")]
+    paths = [p for p, _ in runs]
+    calls = [_callables(p, device, batch, pr) for p, pr in runs]
     timed: list[dict[str, tuple[list, list]]] = [{} for _ in paths]
     for name, rounds in (("fwd1", repeats), ("cam1", repeats), ("fwd_b", max(5, repeats // 5))):
         for c in calls:
@@ -138,10 +158,11 @@ def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int
                 t[name][0].extend(w)
                 t[name][1].extend(cpu)
     out = []
-    for path, t in zip(paths, timed, strict=True):
+    for (path, prec), t in zip(runs, timed, strict=True):
         out.append({
             "device": str(device),
             "model": str(path),
+            "precision": resolve_precision(prec, _load_card(path), device),
             "file_mb": round(path.stat().st_size / 1e6, 2),
             "forward_batch1_ms": _stats(t["fwd1"]),
             "forward_gradcam_batch1_ms": _stats(t["cam1"]),
@@ -159,12 +180,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto, or "
+                   "several comma-separated to time each file at each in one run "
+                   "(bfloat16 rows only for files whose card offers it)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    cards = [_load(m, torch.device("cpu"))[1] for m in args.model]
+    cards = [_load_card(m) for m in args.model]
     card = cards[0]
-    runs = bench_many(args.model, torch.device("cpu"), args.repeats, args.batch)
+    runs = bench_many(args.model, torch.device("cpu"), args.repeats, args.batch, args.precision)
     if torch.cuda.is_available() and not args.no_cuda:
         runs += bench_many(args.model, torch.device("cuda"), args.repeats, args.batch)
     result = {
@@ -187,7 +211,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     for r in runs:
         f, g = r["forward_batch1_ms"], r["forward_gradcam_batch1_ms"]
-        print(f"{r['model']} ({r['file_mb']} MB) {r['device']}: forward p50 {f['p50']:.1f} ms "
+        print(f"{r['model']} ({r['file_mb']} MB) {r['device']} {r['precision']}: "
+              f"forward p50 {f['p50']:.1f} ms "
               f"(p95 {f['p95']:.1f}, CPU "
               f"{f['cpu_ms_p50']:.1f}), forward+Grad-CAM p50 {g['p50']:.1f} ms (p95 "
               f"{g['p95']:.1f}, CPU {g['cpu_ms_p50']:.1f}), "
