@@ -1,0 +1,157 @@
+"""Probe: does training the served head on speed-perturbed copies of the training clips help
+it hear new voices?
+
+Speed perturbation (Ko et al., 2015, as in Kaldi): a clip resampled by a factor and played at
+the original rate, so tempo and pitch and the formants all move together; 0.9x and 1.1x are
+the usual factors. For a frozen encoder with a linear head it adds voices that sound like
+longer or shorter vocal tracts than the 26 training actors'.
+
+Fixed recipe (the shipped choice: block 2, voiced pooling, C = 0.003, telephone copies; clips
+only, no stream windows, so both arms are the same apart from the copies). Arm ``base``: the
+training clips. Arm ``perturbed``: those plus a 0.9x and a 1.1x copy of each (same speaker,
+label and corpus; each (corpus, class) cell keeps its total weight, so the copies dilute
+rather than outweigh the originals). For every split of the cross-corpus protocols the
+script reports the validation UAR over the training side's speakers (3 grouped folds,
+originals only, clean + telephone band: what a choice would be made on) and the test figures.
+
+    nohup .venv/bin/python docs/results/scripts/speed_perturb_probe.py > runs/speed_perturb.log &
+
+Writes ``runs/speed_perturb/results.json``; features are cached under ``.cache/embeddings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import soxr  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+
+from train import crosscorpus as cc  # noqa: E402
+from train.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from train.embeddings import VARIANTS, _run_encoder, default_cache_dir, window_of  # noqa: E402
+from train.whisper_train import build_pool  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+DATA = [f"{c}={SHARED / 'data' / c}" for c in ("tess", "ravdess", "savee", "urdu")]
+ENCODER = str(SHARED / "models" / "whisper-tiny-encoder.pt")
+FACTORS = (0.9, 1.1)
+CHOICE = cc.Choice(block=1, c=0.003, phone_aug=True, pooling=1)
+OUT = REPO / "runs" / "speed_perturb"
+
+
+def perturb(wave: np.ndarray, factor: float) -> np.ndarray:
+    """``factor`` x speed: resampled to rate / factor and read at the original rate (soxr)."""
+    return soxr.resample(wave, SAMPLE_RATE, SAMPLE_RATE / factor).astype(np.float32)
+
+
+def perturbed_features(pool: cc.Pool, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Features [len(FACTORS) * len(rows), ...] per variant of ``rows``' perturbed copies
+    (factor-major), cached in one file keyed by the rows' paths."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([str(pool.utts[i].path) for i in rows] + list(FACTORS))
+                         .encode()).hexdigest()[:16]
+    path = default_cache_dir() / f"speed-perturb-{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {v: z[v] for v in VARIANTS}
+    clips = [load_audio(pool.utts[i].path) for i in rows]
+    out = {}
+    for v in VARIANTS:
+        waves = [window_of(perturb(c, f), v) for f in FACTORS for c in clips]
+        out[v] = _run_encoder(Path(ENCODER), waves, f"perturbed ({v})", 16, True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def augmented(pool: cc.Pool, rows: np.ndarray, extra: dict[str, np.ndarray]
+              ) -> tuple[cc.Pool, np.ndarray]:
+    """A pool of the originals plus their copies (copies appended; returns the copies' rows)."""
+    copies = [pool.utts[i] for i in rows] * len(FACTORS)
+    feats = {v: np.concatenate([pool.feats[v], extra[v]]) for v in VARIANTS}
+    new = cc.Pool(pool.utts + copies, feats)
+    return new, np.arange(len(pool.utts), len(pool.utts) + len(copies))
+
+
+def with_copies(train_rows: np.ndarray, src_rows: np.ndarray, copy_rows: np.ndarray
+                ) -> np.ndarray:
+    """``train_rows`` plus the copies of those of them that have copies."""
+    index = {int(r): k for k, r in enumerate(src_rows)}
+    n = len(src_rows)
+    extra = [copy_rows[j * n + index[int(r)]] for j in range(len(FACTORS))
+             for r in train_rows if int(r) in index]
+    return np.concatenate([train_rows, np.asarray(extra, dtype=np.int64)])
+
+
+def validation_uar(pool: cc.Pool, train_rows: np.ndarray, src_rows, copy_rows,
+                   arm: str) -> float:
+    groups = pool.speaker[train_rows]
+    uars = []
+    for val_groups in cc.inner_folds(groups):
+        val = np.isin(groups, val_groups)
+        fit_rows = train_rows[~val]
+        if arm == "perturbed":
+            fit_rows = with_copies(fit_rows, src_rows, copy_rows)
+        head = cc.train_head(pool, fit_rows, CHOICE, speaker_norm=False)
+        classes = sorted(set(pool.label[train_rows[val]].tolist()))
+        for variant in ("clean", "ulaw"):
+            uars.append(cc.evaluate(pool, head, train_rows[val], CHOICE, False, variant,
+                                    classes)["uar"])
+    return float(np.mean(uars))
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    base = build_pool(DATA, ENCODER)
+    src = np.flatnonzero(np.isin(base.corpus, ["tess", "ravdess"]))
+    extra = perturbed_features(base, src)
+    pool, copy_rows = augmented(base, src, extra)
+    splits = [s for s in cc.splits(base, ["tess-si", "ravdess-ai", "shipped"])
+              if "TESS only" not in s.name]
+    done = OUT / "results.json"
+    results = json.loads(done.read_text()) if done.exists() else {}
+    for split in splits:
+        key = f"{split.protocol}: {split.name}"
+        if key in results:
+            continue
+        t0 = time.time()
+        row: dict = {}
+        for arm in ("base", "perturbed"):
+            fit = split.train if arm == "base" else with_copies(split.train, src, copy_rows)
+            head = cc.train_head(pool, fit, CHOICE, speaker_norm=False)
+            train_classes = set(pool.label[split.train].tolist())
+            tests = {}
+            for name, rows in split.tests.items():
+                classes = sorted(train_classes & set(pool.label[rows].tolist()))
+                tests[name] = {v: {k: cc.evaluate(pool, head, rows, CHOICE, False, v,
+                                                  classes)[k]
+                                   for k in ("accuracy", "uar", "macro_f1")}
+                               for v in ("clean", "ulaw")}
+            row[arm] = {"val_uar": validation_uar(pool, split.train, src, copy_rows, arm),
+                        "n_train": int(len(fit)), "tests": tests}
+        results[key] = row
+        done.write_text(json.dumps(results, indent=1))
+        b, p = row["base"], row["perturbed"]
+        print(f"{key}: val UAR {100 * b['val_uar']:.1f} -> {100 * p['val_uar']:.1f}; " + "; ".join(
+            f"{t} acc {100 * b['tests'][t]['clean']['accuracy']:.1f} -> "
+            f"{100 * p['tests'][t]['clean']['accuracy']:.1f} (tel "
+            f"{100 * b['tests'][t]['ulaw']['accuracy']:.1f} -> "
+            f"{100 * p['tests'][t]['ulaw']['accuracy']:.1f})" for t in b["tests"])
+            + f"  [{time.time() - t0:.0f} s]", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
