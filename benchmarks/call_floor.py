@@ -67,11 +67,11 @@ def _serve(opts: dict, ready: Any) -> None:
     from streamer.server import ServerConfig
     from streamer.vad import VadConfig
 
-    model = ServedModel.load(opts["model"], device="cpu")
+    model = ServedModel.load(opts["model"], device="cpu", precision=opts["precision"])
     engine = Engine(model, vad=VadConfig(), explain_every=opts["explain_every"], max_batch=64)
     engine.warmup()
     cfg = DaemonConfig(
-        model_path=opts["model"], explain_every=opts["explain_every"],
+        model_path=opts["model"], precision=opts["precision"], explain_every=opts["explain_every"],
         sessions_dir=opts["sessions"], max_streams=512, max_pending_windows=1024,
         ingest=IngestConfig(token=TOKEN, max_calls=256),
         server=ServerConfig(port=0, max_clients=8, queue_size=100_000))
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (default: models/default.pt)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the daemon's --precision (default auto)")
     p.add_argument("--seconds", type=float, default=40.0, help="length of each trial's calls")
     p.add_argument("--max-calls", type=int, default=64)
     p.add_argument("--every", type=int, nargs="+", default=[1, 4])
@@ -219,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         for every in args.every:
             sessions = Path(tmp) / f"sessions-{every}"
             opts = {"model": model, "threads": args.threads, "explain_every": every,
-                    "sessions": str(sessions)}
+                    "sessions": str(sessions), "precision": args.precision}
             with daemon_process(opts, _serve) as (port, pid):
                 results.append(capacity(port, pid, sessions, seconds, every, args.max_calls))
     report = {"benchmark": "call_floor", "machine": machine(args.threads), "model": model_name,
               "settings": {"format": "Media Streams, mu-law 8 kHz, 20-ms frames",
                            "tracks_per_call": 2, "trial_s": seconds, "vad": "silero",
+                           "precision": args.precision,
                            "p95_bar_ms": P95_BAR_MS, "hop_s": 0.5},
               "results": results}
     text = json.dumps(report, indent=2)
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     line = "; ".join(f"explain every {r['explain_every']}: {r['max_calls_ok']} calls "
                      f"({2 * r['max_calls_ok']} streams)" for r in results)
-    print(f"call floor on one daemon ({model_name}): {line}")
+    print(f"call floor on one daemon ({model_name}, precision {args.precision}): {line}")
     return 0
 
 
