@@ -44,6 +44,7 @@ from benchmarks.streaming import (  # noqa: E402
     pick_model,
     serve_until_stopped,
 )
+from emotion_monitor.cliutil import PRECISIONS  # noqa: E402
 from streamer.push import FRAME_MS, _Sender, load_audio, push_call  # noqa: E402
 
 TESS = Path(os.environ.get("EMOTION_MONITOR_TESS", REPO.parent / "shared" / "data" / "tess"))
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (default: models/default.pt)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the daemon's --precision (default auto)")
     p.add_argument("--seconds", type=float, default=40.0, help="length of each trial's calls")
     p.add_argument("--max-calls", type=int, default=64)

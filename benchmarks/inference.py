@@ -52,14 +52,6 @@ def _load(path: Path, device: torch.device, precision: str = "float32"
     return served.module, served.card
 
 
-def _load_card(path: Path) -> dict:
-    from streamer.model import ServedModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return ServedModel.load(path, "cpu", "float32").card
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -139,10 +131,11 @@ def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int
     (float32, bfloat16, auto, or several comma-separated) times each file at each, one row
     apiece, in the same rounds; bfloat16 only where the card offers it."""
     from streamer.model import resolve_precision
+    from train.export import read_card
 
-    precs = precision.split(",")
-    runs = [(p, pr) for p in paths for pr in precs
-            if pr != "bfloat16" or (_load_card(p).get("precision") or {}).get("bfloat16")]
+    cards = {p: read_card(p) for p in paths}  # the zip's card, no TorchScript load
+    runs = [(p, pr) for p in paths for pr in precision.split(",")
+            if pr != "bfloat16" or (cards[p].get("precision") or {}).get("bfloat16")]
     paths = [p for p, _ in runs]
     calls = [_callables(p, device, batch, pr) for p, pr in runs]
     timed: list[dict[str, tuple[list, list]]] = [{} for _ in paths]
@@ -162,7 +155,7 @@ def bench_many(paths: list[Path], device: torch.device, repeats: int, batch: int
         out.append({
             "device": str(device),
             "model": str(path),
-            "precision": resolve_precision(prec, _load_card(path), device),
+            "precision": resolve_precision(prec, cards[path], device),
             "file_mb": round(path.stat().st_size / 1e6, 2),
             "forward_batch1_ms": _stats(t["fwd1"]),
             "forward_gradcam_batch1_ms": _stats(t["cam1"]),
@@ -186,7 +179,9 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    cards = [_load_card(m) for m in args.model]
+    from train.export import read_card
+
+    cards = [read_card(m) for m in args.model]
     card = cards[0]
     runs = bench_many(args.model, torch.device("cpu"), args.repeats, args.batch, args.precision)
     if torch.cuda.is_available() and not args.no_cuda:

@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from emotion_monitor.cliutil import PRECISIONS  # noqa: E402
 from streamer import protocol  # noqa: E402
 
 TESS = Path(os.environ.get("EMOTION_MONITOR_TESS", REPO.parent / "shared" / "data" / "tess"))
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model file (default: models/default.pt, else tiny)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the daemon's --precision (default auto)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads in the daemon (1: on a busy 2-core box two "

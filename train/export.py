@@ -550,7 +550,9 @@ def whisper_from_file(model_path: Path, encoder: str | Path | None) -> tuple[nn.
         diff = (model(x) - old(x)).abs().max().item()
     if diff > 1e-4:
         raise ExportError(f"{model_path}: the re-scripted model differs from the file by {diff}")
-    return model, {**card, **WHISPER_PRECISION}
+    kept = {k: v for k, v in card.items()
+            if k not in ("torch_version", "torchaudio_version", "exported_at")}  # made anew
+    return model, {**kept, **WHISPER_PRECISION}
 
 
 # ---------------------------------------------------------------- entry point
@@ -566,8 +568,6 @@ def export(source: str | Path | nn.Module, path: str | Path, card: dict | None =
         module = source
     elif Path(source).is_file():
         module, card = whisper_from_file(Path(source), encoder)
-        card = {k: v for k, v in card.items() if k not in ("torch_version", "torchaudio_version",
-                                                         "exported_at")}
     else:
         run_dir = Path(source)
         cfg_path = run_dir / "config.json"
