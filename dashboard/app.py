@@ -252,6 +252,10 @@ def connection_bar(view: View) -> None:
             since = _ago(now - (s.connected_since or now))
             parts.append(f"🟢 **{s.url}** connected {since} · model `{model}`"
                          + (f" · {s.clients} client(s)" if s.clients is not None else ""))
+        elif s.state == "connecting" and s.detail:
+            # A retry in flight keeps the last failure on screen, so the reason does not
+            # flicker away for the fraction of a second each attempt takes.
+            parts.append(f"🟡 **{s.url}** retrying now (last attempt: {s.detail})")
         elif s.state == "connecting":
             parts.append(f"🟡 **{s.url}** connecting…")
         elif s.state == "retrying":

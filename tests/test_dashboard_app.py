@@ -190,6 +190,16 @@ def test_no_daemon_shows_a_clear_message_not_a_traceback() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_retry_in_flight_keeps_the_last_failure_on_screen(offline_feed: Feed) -> None:
+    src = offline_feed.store.source(URL)
+    src.state, src.detail = "connecting", "connection refused"
+    at = app(offline_feed)
+    at.run()
+    text = all_text(at)
+    assert "connection refused" in text and "retrying" in text
+
+
+@pytest.mark.timeout(60)
 def test_fed_stream_shows_current_emotion_timeline_explanation_and_health(
         offline_feed: Feed) -> None:
     for msg in [hello(), *[window("s1", i, "happy", 0.6) for i in range(5)],
