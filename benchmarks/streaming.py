@@ -31,8 +31,10 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,12 @@ def daemon_process(opts: dict, serve: Any = None, timeout: float = 180.0) -> Any
     end. The other daemon benchmarks pass their own ``serve``."""
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
-    proc = ctx.Process(target=serve or _serve, args=(opts, ready), daemon=True)
+    proc = ctx.Process(target=_orphan_safe, args=(serve or _serve, opts, ready, os.getpid()),
+                       daemon=True)
+    # A SIGTERM to the benchmark (kill, timeout) unwinds through the finally below instead of
+    # leaving the daemon running; a SIGKILL cannot, so the child also watches its parent.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
     proc.start()
     try:
         port = ready.get(timeout=timeout)
@@ -105,6 +112,25 @@ def daemon_process(opts: dict, serve: Any = None, timeout: float = 180.0) -> Any
         proc.join(30)
         if proc.is_alive():
             proc.kill()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _orphan_safe(serve: Any, opts: dict, ready: Any, parent: int) -> None:
+    """Child entry: ``serve(opts, ready)``, ending itself with SIGTERM (the daemon's clean
+    shutdown) once ``parent`` is gone, so a killed benchmark leaves no daemon behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    serve(opts, ready)
 
 
 # ----------------------------------------------------------------------------- client
