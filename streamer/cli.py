@@ -104,7 +104,8 @@ def _register_stream(sub: Any) -> None:
                    help="where windows are inferred: local (default, in this process) or the "
                    "Ray Serve application of `emotion-monitor cluster up`: ray (this machine's "
                    "cluster), ray://HOST[:PORT] (Serve's HTTP proxy on HOST, port 8000) or "
-                   "http://HOST:PORT/emotion. VAD stays here; see docs/scale.md")
+                   "http://HOST:PORT/emotion. VAD stays here; a --model given must be the file the "
+                   "cluster serves; see docs/scale.md")
     m.add_argument("--inference-fallback", choices=["none", "local"], default="none",
                    help="while Serve is unreachable: drop voiced windows (none, counted in "
                    "status) or infer them here with --model, which must be the served file")
@@ -280,7 +281,8 @@ def _stream(args: argparse.Namespace) -> int:
         max_streams=max(DaemonConfig.max_streams, 2 * args.max_calls + 8))  # 2 tracks a call
     config.inference, config.remote = args.inference, RemoteOptions(
         fallback_local=args.inference_fallback == "local", timeout_s=args.inference_timeout,
-        request_windows=args.inference_request_windows)
+        request_windows=args.inference_request_windows,
+        check_model=args.model != str(default_model_path()))
     try:  # remote inference: the served model's card, read from the cluster
         model = (ServedModel.load(args.model, args.device, args.precision)
                  if args.inference == "local"

@@ -456,3 +456,23 @@ def test_fake_serve_speaks_the_wire(fake: FakeServe) -> None:
     assert np.asarray(res["probs"]).shape == (3, len(card["classes"]))
     with contextlib.suppress(Exception):
         c._local.conn.close()
+
+
+def test_a_given_model_must_be_the_one_the_cluster_serves(fake: FakeServe, tmp_path: Path,
+                                                           tiny_model_path: Path) -> None:
+    """``stream --inference URL --model F``: F is checked against the cluster's card instead
+    of being silently ignored; without --model (check_model off) the cluster's model is used."""
+    from streamer.backends import InferenceUnavailable, RemoteOptions, connect_remote
+
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the served file")
+    wrong = make_config(tmp_path, other, remote=RemoteOptions(check_model=True))
+    wrong.inference = fake.url
+    with pytest.raises(InferenceUnavailable, match="--model: .*is not the model the cluster"):
+        connect_remote(wrong)
+    same = make_config(tmp_path, tiny_model_path, remote=RemoteOptions(check_model=True))
+    same.inference = fake.url
+    assert connect_remote(same).card["sha256"] == fake.compute.sha256
+    unchecked = make_config(tmp_path, other)
+    unchecked.inference = fake.url
+    assert connect_remote(unchecked).card["name"] == "tiny-test"

@@ -25,6 +25,7 @@ class RemoteOptions:
     request_windows: int = 8  # voiced windows per request
     max_inflight: int = 4  # concurrent requests per daemon (spread over replicas)
     retries: int = 1  # of a failed request (a replica died under it)
+    check_model: bool = False  # --model given: refuse a cluster that serves another file
 
 
 class InferenceUnavailable(Exception):
@@ -65,15 +66,19 @@ def connect_remote(config: Any) -> Any:
     except (RemoteError, ValueError) as exc:
         raise InferenceUnavailable(f"remote inference unavailable: {exc} (is the Serve "
                                    "application up? emotion-monitor cluster up)") from None
-    if config.remote.fallback_local:
+    if config.remote.fallback_local or config.remote.check_model:
+        # Never let a --model silently differ from what the windows are inferred with.
         from streamer.backends.compute import file_sha256
 
         local = file_sha256(config.model_path)
         if local != model.card.get("sha256"):
+            flag = ("--inference-fallback local" if config.remote.fallback_local
+                    else "--model")
             raise InferenceUnavailable(
-                f"--inference-fallback local: {config.model_path} (sha256 {local[:12]}) is not "
+                f"{flag}: {config.model_path} (sha256 {local[:12]}) is not "
                 f"the model the cluster serves ({str(model.card.get('sha256'))[:12]}, "
-                f"{model.card.get('name')}); give the same file with --model")
+                f"{model.card.get('name')}); give the same file with --model, or leave "
+                "--model out to use the cluster's")
     return model
 
 
