@@ -4,9 +4,10 @@ Tiles are built by `dashboard.calls.tiles` (pure Python: definitions and order) 
 here as HTML into one Streamlit component (``st.components.v2``, no iframe): 100 tiles are a
 few hundred kilobytes of HTML a second, while 100 Plotly figures would be 100 elements to
 diff and lay out. The component's script updates only the tiles whose HTML changed, keeps
-the order given, and sends a click back to Python as a trigger value; Python then sets the
-``call`` query parameter, which opens the call's streams on the live page and pushes a browser
-history entry, so the Back button returns to the wallboard.
+the order given (except while the pointer is on the board: tiles then keep their places, so
+they never swap under the cursor), and sends a click back to Python as a trigger value;
+Python then sets the ``call`` query parameter, which opens the call's streams on the live page
+and pushes a browser history entry, so the Back button returns to the wallboard.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ NO_CALL_HINT = ("Calls appear here when a phone platform (or `emotion-monitor pu
 CSS = """
 .wb-summary { font-size: 0.95rem; margin: 0 0 0.5rem 0; }
 .wb-summary b { font-weight: 600; }
+.wb { position: relative; }
+.wb-held { position: absolute; top: 0; right: 0; font-size: 0.8rem; color: #6b6b6b;
+  visibility: hidden; }  /* out of the flow: showing it moves no tile */
+.wb.held .wb-held { visibility: visible; }
 .wb-grid { display: grid; gap: 8px;
   grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); }
 .wb-tile { border: 1px solid #d0d0d0; border-left: 6px solid #d0d0d0; border-radius: 6px;
@@ -86,7 +91,8 @@ export default function(component) {
   if (!root) {
     root = document.createElement('div');
     root.className = 'wb';
-    root.innerHTML = '<div class="wb-summary"></div><div class="wb-grid"></div>';
+    root.innerHTML = '<div class="wb-summary"></div><div class="wb-held">order held while ' +
+      'the pointer is on the board</div><div class="wb-grid"></div>';
     parentElement.appendChild(root);
     const open = (e) => {
       const tile = e.target.closest('[data-call]');
@@ -99,9 +105,21 @@ export default function(component) {
   if (summary.innerHTML !== data.summary) summary.innerHTML = data.summary;
   const old = new Map();
   for (const el of grid.children) old.set(el.dataset.call, el);
+  // While the pointer is on the board (or a tile has the keyboard focus), tiles keep their
+  // places, so the call under the cursor is the one a click opens; new calls go last. The
+  // given order comes back at the first update after the pointer leaves.
+  const held = grid.matches(':hover') || grid.matches(':focus-within');
+  root.classList.toggle('held', held);
+  let tiles = data.tiles;
+  if (held) {
+    const place = new Map(Array.from(old.keys(), (k, i) => [k, i]));
+    const at = (k) => place.has(k) ? place.get(k) : place.size;
+    tiles = [...data.tiles].sort((a, b) => at(a[0]) - at(b[0]));  // stable: new in order
+  }
+  const reordered = tiles.some(([k], i) => k !== data.tiles[i][0]);
   const tpl = document.createElement('template');
   let prev = null, changed = 0;
-  for (const [key, html] of data.tiles) {
+  for (const [key, html] of tiles) {
     let el = old.get(key);
     if (el && el.__html === html) {
       old.delete(key);
@@ -120,7 +138,7 @@ export default function(component) {
   const stats = window.__wallboard || (window.__wallboard = {renders: []});
   stats.renders.push({at: performance.now(), ms: performance.now() - t0, changed: changed,
                       tiles: data.tiles.length, build_ms: data.build_ms, built: data.built,
-                      now: Date.now()});
+                      now: Date.now(), held: held, reordered: reordered});
   if (stats.renders.length > 2000) stats.renders.splice(0, 1000);
 }
 """

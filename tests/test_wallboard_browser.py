@@ -6,8 +6,8 @@ second; no model, no audio), the real dashboard under ``streamlit run``, headles
 Checks: every call has a tile, updated at least once a second; tiles are ordered by alert
 severity (the angry callers first), then by the caller's negative trend; a mouse click on a
 tile opens that call's streams on the live page, and the browser's Back returns to the
-wallboard. A screenshot is saved to test-artifacts/wallboard.png (docs/img/wallboard.png is
-one of these).
+wallboard; while the pointer rests on the board the tiles keep their places. A screenshot is
+saved to test-artifacts/wallboard.png (docs/img/wallboard.png is one of these).
 
 Skips only where Chromium is missing, and never in CI (env CI set: it fails instead).
 """
@@ -15,14 +15,16 @@ Skips only where Chromium is missing, and never in CI (env CI set: it fails inst
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 from pathlib import Path
 
 import pytest
 
-from tests.browser import require_chromium
+from tests.browser import DevTools, require_chromium
 from tests.call_floor import ANGRY_EVERY
 from tests.wallboard_harness import (
+    CENTRE_JS,
     STATS_JS,
     TILES_JS,
     WallboardRun,
@@ -85,6 +87,13 @@ def test_wallboard_with_50_calls_orders_tiles_and_opens_a_call(tmp_path: Path) -
     assert result["back"]["href"].endswith("?view=wallboard")
     assert result["back"]["tiles"] == N_CALLS
     assert (ARTIFACTS / "wallboard.png").stat().st_size > 50_000
+    # While the pointer rested on a tile the board kept its places (the data's order moved
+    # on underneath: some render was given another order); once it left, the order came back.
+    held = result["held"]
+    assert len(held["during"]) >= 3 and all(r["held"] for r in held["during"]), held["during"]
+    assert held["after"] == held["before"]
+    assert any(r["reordered"] for r in held["during"]), "the order never moved: nothing held"
+    assert held["left"] and not held["left"][-1]["held"] and not held["left"][-1]["reordered"]
 
 
 async def drive(run: WallboardRun, shot: Path, timeout: float = 90.0) -> dict:
@@ -100,9 +109,28 @@ async def drive(run: WallboardRun, shot: Path, timeout: float = 90.0) -> dict:
         intervals = [(b["at"] - a["at"]) / 1000.0 for a, b in zip(renders, renders[1:],
                                                                    strict=False)]
         await screenshot(cdp, shot)
+        held = await hold_still(cdp, tiles[N_CALLS // ANGRY_EVERY + 5]["key"])
         # Click a tile below the alerts, as a mouse does; then the browser's Back button.
         opened = await open_call(cdp, tiles[N_CALLS // ANGRY_EVERY + 2]["key"])
         back = await back_to_board(cdp, N_CALLS)
         return {"tiles": tiles, "updates": len(intervals),
                 "median_interval_s": statistics.median(intervals) if intervals else None,
-                "opened": opened, "back": back}
+                "opened": opened, "back": back, "held": held}
+
+
+async def hold_still(cdp: DevTools, key: str, seconds: float = 4.0) -> dict:
+    """The pointer rests on tile ``key`` for ``seconds``, then leaves the board: the tiles'
+    order on screen before and after the rest, and the renders during it and after."""
+    xy = await cdp.js(f"{CENTRE_JS}({json.dumps(key)})")
+    assert xy, f"tile {key} not found"
+    await cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=xy[0], y=xy[1])
+    await asyncio.sleep(0.3)
+    before = [t["key"] for t in await cdp.js(TILES_JS)]
+    n0 = len(await cdp.js(STATS_JS))
+    await asyncio.sleep(seconds)
+    after = [t["key"] for t in await cdp.js(TILES_JS)]
+    during = (await cdp.js(STATS_JS))[n0:]
+    await cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=2, y=2)
+    await asyncio.sleep(2.0)
+    left = (await cdp.js(STATS_JS))[n0 + len(during):]
+    return {"before": before, "after": after, "during": during, "left": left}
