@@ -109,6 +109,9 @@ def _register_stream(sub: Any) -> None:
     m.add_argument("--inference-fallback", choices=["none", "local"], default="none",
                    help="while Serve is unreachable: drop voiced windows (none, counted in "
                    "status) or infer them here with --model, which must be the served file")
+    m.add_argument("--inference-token", default=None, metavar="T",
+                   help="the Serve deployment's token (`cluster up --token`; default: "
+                   "$EMOTION_MONITOR_SERVE_TOKEN)")
     m.add_argument("--inference-timeout", type=float, default=10.0, metavar="S",
                    help="per request to Serve; its windows are dropped past it (default 10)")
     m.add_argument("--inference-request-windows", type=int, default=8, metavar="N",
@@ -257,6 +260,7 @@ def _stream(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     from streamer import stream_norm
     from streamer.backends import InferenceUnavailable, RemoteOptions, connect_remote
+    from streamer.backends.wire import TOKEN_ENV as SERVE_TOKEN_ENV
     from streamer.daemon import Daemon, DaemonConfig
     from streamer.ingest import IngestConfig
     from streamer.model import ModelError, ServedModel
@@ -282,7 +286,8 @@ def _stream(args: argparse.Namespace) -> int:
     config.inference, config.remote = args.inference, RemoteOptions(
         fallback_local=args.inference_fallback == "local", timeout_s=args.inference_timeout,
         request_windows=args.inference_request_windows,
-        check_model=args.model != str(default_model_path()))
+        check_model=args.model != str(default_model_path()),
+        token=args.inference_token or os.environ.get(SERVE_TOKEN_ENV) or None)
     try:  # remote inference: the served model's card, read from the cluster
         model = (ServedModel.load(args.model, args.device, args.precision)
                  if args.inference == "local"

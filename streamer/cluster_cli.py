@@ -59,6 +59,10 @@ def register(sub: Any) -> None:
                     help="Serve's HTTP proxy bind address (0.0.0.0 for daemons on other "
                     "machines; default 127.0.0.1)")
     up.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP port")
+    up.add_argument("--token", default=None,
+                    help="every request must carry it (Authorization: Bearer); needed for an "
+                    "--http-host beyond loopback; daemons give it with --inference-token "
+                    "(default: $EMOTION_MONITOR_SERVE_TOKEN)")
     up.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
                     help="Serve's HTTP proxies: one on every node (default; put a load "
                     "balancer in front) or the head's only (nodes sharing one machine)")
@@ -113,13 +117,17 @@ def _up(args: argparse.Namespace) -> int:
                                    precision=args.precision, threads=args.threads,
                                    max_batch=args.max_batch,
                                    batch_wait_s=args.batch_wait_ms / 1000.0)
+    token = args.token or os.environ.get(app.wire.TOKEN_ENV) or None
     try:
         url = app.up(args.address, args.model, settings, http_host=args.http_host,
                      http_port=args.http_port, proxy_location=args.proxy_location,
-                     num_replicas=args.replicas, autoscale=autoscale,
+                     token=token, num_replicas=args.replicas, autoscale=autoscale,
                      num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_queued=args.max_queued)
     except ConnectionError as exc:
         return _connect_error(exc)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"emotion-monitor: {args.model} served at {url} "
           f"(daemons: emotion-monitor stream --inference {url})")
     return 0

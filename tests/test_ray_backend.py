@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -33,6 +35,7 @@ from streamer.sources import FileSource
 from tests.streamer_harness import REPO, client, make_config, replay_to_end, running, tess_files
 
 SPEED = 2.0  # paced replays: the faults happen while windows arrive
+TOKEN = "serve-test-token"  # the deployment requires it (cluster up --token)
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -59,7 +62,7 @@ def serve_cluster(tiny_model_path: Path):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         url = serve_app.up(None, tiny_model_path, serve_app.ReplicaSettings(threads=1),
-                           http_port=_free_port(), num_cpus=0.5)
+                           http_port=_free_port(), num_cpus=0.5, token=TOKEN)
         yield url
     finally:
         with contextlib.suppress(Exception):
@@ -68,6 +71,9 @@ def serve_cluster(tiny_model_path: Path):
 
 
 def _config(tmp_path: Path, model: Path, inference: str = "local", **kw):
+    """Remote configs carry the deployment's token (``remote``'s own options kept)."""
+    if inference != "local":
+        kw["remote"] = dataclasses.replace(kw.get("remote", RemoteOptions()), token=TOKEN)
     return make_config(tmp_path, model, explain_every=2, inference=inference, **kw)
 
 
@@ -261,8 +267,6 @@ class Relay:
 def test_serve_lost_while_running_then_back(tmp_path: Path, tiny_model_path: Path,
                                             tess_dir: Path, serve_cluster: str,
                                             fallback: bool) -> None:
-    from urllib.parse import urlsplit
-
     files = tess_files(tess_dir, 4)
     reference = asyncio.run(replay_to_end(_config(tmp_path / "l", tiny_model_path), files, "o"))
     expected = len(_predictions(reference))
@@ -323,3 +327,37 @@ def test_cluster_status_command(serve_cluster: str) -> None:
     st = json.loads(proc.stdout)
     assert st["status"] == "RUNNING"
     assert st["deployments"]["EmotionModel"]["replicas"] == {"RUNNING": 1}
+
+
+def test_deployment_refuses_requests_without_its_token(tmp_path: Path, tiny_model_path: Path,
+                                                       tess_dir: Path,
+                                                       serve_cluster: str) -> None:
+    """Every request needs the token, the card too; a daemon without it (or with another)
+    refuses to start with one line that says so. Replicas keep only the token's digest."""
+    from streamer.backends.remote import RemoteError, ServeClient
+
+    assert ServeClient(serve_cluster, 10.0, TOKEN).card()["name"] == "tiny-test"
+    for token in (None, "wrong"):
+        with pytest.raises(RemoteError, match="wrong or missing token"):
+            ServeClient(serve_cluster, 10.0, token).card()
+    port = urlsplit(serve_cluster).port
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("EMOTION_MONITOR_SERVE_TOKEN", None)
+    cmd = [sys.executable, "-m", "emotion_monitor", "stream", "--port", "0",
+           "--replay", str(tess_files(tess_dir, 1)[0]), "--sessions-dir", str(tmp_path / "s"),
+           "--inference", f"ray://127.0.0.1:{port}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wrong or missing token" in lines[0], proc.stderr
+
+
+def test_a_proxy_beyond_loopback_needs_a_token(tiny_model_path: Path,
+                                               serve_cluster: str) -> None:
+    """Refused before anything is deployed or changed (the address is never contacted)."""
+    from streamer.backends import serve_app
+
+    with pytest.raises(ValueError, match="without a token"):
+        serve_app.up("127.0.0.1:1", tiny_model_path, serve_app.ReplicaSettings(),
+                     http_host="0.0.0.0")

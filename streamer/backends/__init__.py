@@ -26,6 +26,7 @@ class RemoteOptions:
     max_inflight: int = 4  # concurrent requests per daemon (spread over replicas)
     retries: int = 1  # of a failed request (a replica died under it)
     check_model: bool = False  # --model given: refuse a cluster that serves another file
+    token: str | None = None  # the deployment's (``cluster up --token``), sent as a Bearer
 
 
 class InferenceUnavailable(Exception):
@@ -56,7 +57,7 @@ def open_engine(config: Any, model: Any = None) -> tuple[Any, Any]:
 def connect_remote(config: Any) -> Any:
     """The served model (``RemoteModel``) after checking the deployment answers and, with the
     local fallback, that the local model file is the one the replicas serve."""
-    from streamer.backends.remote import RemoteError, connect
+    from streamer.backends.remote import RemoteError, Unreachable, connect
 
     if config.stream_norm:
         raise InferenceUnavailable("--stream-norm keeps per-stream state in the model's "
@@ -64,8 +65,9 @@ def connect_remote(config: Any) -> Any:
     try:
         _, model = connect(config.inference, config.remote)
     except (RemoteError, ValueError) as exc:
-        raise InferenceUnavailable(f"remote inference unavailable: {exc} (is the Serve "
-                                   "application up? emotion-monitor cluster up)") from None
+        hint = (" (is the Serve application up? emotion-monitor cluster up)"
+                if isinstance(exc, Unreachable) else "")
+        raise InferenceUnavailable(f"remote inference unavailable: {exc}{hint}") from None
     if config.remote.fallback_local or config.remote.check_model:
         # Never let a --model silently differ from what the windows are inferred with.
         from streamer.backends.compute import file_sha256
@@ -95,6 +97,6 @@ def _open_remote(config: Any, model: Any, vad: Any) -> tuple[Any, Any]:
         served = ServedModel.load(config.model_path, config.device, config.precision)
         fallback = Compute(served, file_sha256(config.model_path), config.max_batch)
         fallback.warmup()
-    client = ServeClient(model.url, config.remote.timeout_s)
+    client = ServeClient(model.url, config.remote.timeout_s, config.remote.token)
     return model, RemoteEngine(client, model, vad, config.explain_every, config.remote,
                                fallback)

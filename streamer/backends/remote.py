@@ -40,7 +40,14 @@ import numpy as np
 
 from streamer import protocol
 from streamer.backends import RemoteOptions
-from streamer.backends.wire import CONTENT_TYPE, Chunk, WireError, decode_result, encode_chunk
+from streamer.backends.wire import (
+    CONTENT_TYPE,
+    TOKEN_ENV,
+    Chunk,
+    WireError,
+    decode_result,
+    encode_chunk,
+)
 from streamer.card import CardView
 from streamer.vad import Vad, VadConfig
 from streamer.windows import Window
@@ -92,8 +99,11 @@ def serve_url(inference: str) -> str:
 class ServeClient:
     """HTTP/1.1 keep-alive to the Serve proxy, one connection per calling thread."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.url = url
+        self._headers = {"Content-Type": CONTENT_TYPE}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         parts = urllib.parse.urlsplit(url)
         self._conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
                           else http.client.HTTPConnection)
@@ -112,7 +122,7 @@ class ServeClient:
             try:
                 if not reused:
                     self._connect(conn)
-                conn.request(method, path, body=body, headers={"Content-Type": CONTENT_TYPE})
+                conn.request(method, path, body=body, headers=self._headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 break
@@ -130,6 +140,9 @@ class ServeClient:
                 raise Unreachable(f"{self.url}: {type(exc).__name__}: {exc}") from None
         if resp.status == 503:
             raise Overloaded(f"{self.url}: 503 {data[:200]!r}")
+        if resp.status == 401:
+            raise RemoteError(f"{self.url}: refused: wrong or missing token (--inference-token "
+                              f"or {TOKEN_ENV}, as given to `cluster up --token`)")
         if resp.status != 200:
             raise RemoteError(f"{self.url}: HTTP {resp.status} {data[:300]!r}")
         return data
@@ -166,7 +179,7 @@ class RemoteModel(CardView):
 
 def connect(inference: str, options: RemoteOptions) -> tuple[ServeClient, RemoteModel]:
     """Reach the deployment and read its card; ``Unreachable``/``RemoteError`` otherwise."""
-    client = ServeClient(serve_url(inference), options.timeout_s)
+    client = ServeClient(serve_url(inference), options.timeout_s, options.token)
     card = client.card()
     return client, RemoteModel({**card, "served_by": client.url}, client.url)
 

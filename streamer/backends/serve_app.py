@@ -91,8 +91,10 @@ class ReplicaSettings:
 class EmotionModel:
     """One replica: the model file (bytes), batched forward + Grad-CAM over HTTP."""
 
-    def __init__(self, model_bytes: bytes, settings: dict) -> None:
+    def __init__(self, model_bytes: bytes, settings: dict, token_digest: str | None = None
+                 ) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch (runtime_env too)
+        self._token_digest = token_digest  # None: no token (a loopback-only proxy)
         import hashlib
 
         import torch
@@ -124,6 +126,9 @@ class EmotionModel:
         self.started = time.time()
 
     async def __call__(self, request: Request) -> Response:
+        if not wire.authorized(request.headers.get("authorization"), self._token_digest):
+            return JSONResponse({"error": "wrong or missing token"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="emotion-monitor"'})
         if request.method == "GET":  # /card: which model answers here
             return JSONResponse({"card": self.card, "replica": self.replica,
                                  "settings": asdict(self.settings)})
@@ -172,9 +177,11 @@ class EmotionModel:
 
 def build_app(model_bytes: bytes, settings: ReplicaSettings, num_replicas: int = 1,
               autoscale: tuple[int, int] | None = None, num_cpus: float = 1.0,
-              num_gpus: float = 0.0, max_queued: int = DEFAULT_MAX_QUEUED) -> Any:
+              num_gpus: float = 0.0, max_queued: int = DEFAULT_MAX_QUEUED,
+              token: str | None = None) -> Any:
     """The bound application. ``autoscale`` (min, max) replaces a fixed ``num_replicas``:
-    Serve adds replicas when each has more than one full batch waiting."""
+    Serve adds replicas when each has more than one full batch waiting. With ``token`` every
+    request must carry it (``Authorization: Bearer``); replicas keep only its digest."""
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus,
@@ -188,23 +195,33 @@ def build_app(model_bytes: bytes, settings: ReplicaSettings, num_replicas: int =
             "target_ongoing_requests": max(1, settings.max_batch // 4)}
     else:
         options["num_replicas"] = num_replicas
-    return serve.deployment(**options)(EmotionModel).bind(model_bytes, asdict(settings))
+    return serve.deployment(**options)(EmotionModel).bind(
+        model_bytes, asdict(settings), wire.token_digest(token) if token else None)
 
 
 def up(address: str | None, model_path: str | Path, settings: ReplicaSettings,
        http_host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT,
-       proxy_location: str = "EveryNode", **deploy: Any) -> str:
+       proxy_location: str = "EveryNode", token: str | None = None, **deploy: Any) -> str:
     """Deploy (or update) the application on a running cluster; its URL. Serve's HTTP
     options (host, port, where proxies run) are fixed by the first ``up`` on a cluster.
-    ``proxy_location="HeadOnly"`` where several nodes share one machine (one port each)."""
+    ``proxy_location="HeadOnly"`` where several nodes share one machine (one port each).
+    A proxy bound beyond loopback needs ``token`` (``ValueError`` otherwise): call audio
+    would otherwise be open to anyone who can reach the port."""
     import ray
+
+    from streamer.server import is_loopback
+
+    if not token and not is_loopback(http_host):
+        raise ValueError(f"refusing to serve on {http_host!r} without a token: anyone on the "
+                         f"network could send windows and read the results. Set --token or "
+                         f"{wire.TOKEN_ENV}, or keep --http-host 127.0.0.1.")
 
     model_bytes = Path(model_path).read_bytes()
     if not ray.is_initialized():
         ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": http_host, "port": http_port},
                 proxy_location=proxy_location)
-    serve.run(build_app(model_bytes, settings, **deploy), name=APP_NAME,
+    serve.run(build_app(model_bytes, settings, token=token, **deploy), name=APP_NAME,
               route_prefix=ROUTE_PREFIX, blocking=False)
     return f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:" \
            f"{http_port}{ROUTE_PREFIX}"

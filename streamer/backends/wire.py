@@ -13,6 +13,8 @@ numpy and the standard library only: the daemon side never needs Ray.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from dataclasses import dataclass, field
@@ -24,6 +26,25 @@ HEADER_LEN = struct.Struct("<I")
 #: One request's header may name at most this many bytes (stream ids, seqs, flags).
 MAX_HEADER_BYTES = 1 << 20
 CONTENT_TYPE = "application/x-emotion-monitor-windows"
+#: The environment variable both sides read the deployment's token from (``cluster up
+#: --token`` and ``stream --inference-token``).
+TOKEN_ENV = "EMOTION_MONITOR_SERVE_TOKEN"
+
+
+def token_digest(token: str) -> str:
+    """What a replica keeps of the token: its sha256 (deployment arguments are visible in Ray's
+    state API and dashboard, so the token itself never goes there)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def authorized(header: str | None, digest: str | None) -> bool:
+    """Does an ``Authorization`` header carry the token whose digest is ``digest``? Always
+    with no token configured (a loopback-only proxy)."""
+    if digest is None:
+        return True
+    if not header or not header[:7].lower() == "bearer ":
+        return False
+    return hmac.compare_digest(token_digest(header[7:].strip()), digest)
 
 
 @dataclass
