@@ -10,10 +10,11 @@ the token, the limits, and how a call ends.
   ``?token=``, or, because Twilio's ``<Stream url>`` cannot carry headers, the ``start``'s
   ``customParameters.token``; then nothing is accepted until a start with the right token
   arrives within ``start_timeout_s``. No token configured: handshakes are refused (HTTP 403).
-- **Limits**: ``max_calls`` concurrent calls (close 1013), ``max_waiting`` connections not yet
-  started (HTTP 503), messages over ``max_message_bytes`` (1009), a sender more than
-  ``max_ahead_s`` of audio ahead of the wall clock since its first media (1008), no media for
-  ``idle_s`` (1008). A bounded queue of chunks per call; backpressure stops reading the socket.
+- **Limits**: ``max_calls`` concurrent calls (close 1013), ``waiting_limit`` connections not
+  yet started (HTTP 503; max(16, ``max_calls``) unless set), messages over
+  ``max_message_bytes`` (1009), a sender more than ``max_ahead_s`` of audio ahead of the wall
+  clock since its first media (1008), no media for ``idle_s`` (1008). A bounded queue of
+  chunks per call; backpressure stops reading the socket.
 - **Nothing received is lost**: whatever ends a call (its stop, a bad message, a limit, a
   dropped connection, the daemon stopping the stream), the audio received so far is resampled,
   windowed and inferred, and each stream ends with ``stream_ended`` (``eof``, ``error`` with an
@@ -59,7 +60,11 @@ START_TIMEOUT_S = 5.0  # from the handshake to a start (with the token, when non
 # The largest message: a raw binary frame of 0.5 s of 48-kHz stereo f32 (384 KB/s) fits; a
 # Media Streams message is ~250 bytes per 20 ms.
 MAX_MESSAGE_BYTES = 256 * 1024
-MAX_WAITING = 16  # connections that have not sent their start yet
+# Connections that have not sent their start yet (Twilio's carry their token in the start, so
+# every call passes through here): at least this many, and at least max_calls, so a floor whose
+# calls all connect at once (a shift starting) is not turned away; an unauthenticated flood
+# still holds at most that many sockets, each for start_timeout_s.
+MAX_WAITING = 16
 # Decoded audio goes to the daemon in chunks of this much per track: per-chunk work (windowing,
 # VAD feed, observers) runs 10 times a second per track, not 50 (one per 20-ms media message).
 # Window hops (0.5 s) fall on chunk boundaries, so no window waits for it.
@@ -78,9 +83,15 @@ class IngestConfig:
     max_ahead_s: float = MAX_AHEAD_S
     start_timeout_s: float = START_TIMEOUT_S
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    max_waiting: int = MAX_WAITING
+    max_waiting: int | None = None  # None: max(MAX_WAITING, max_calls)
     queue_chunks: int = QUEUE_CHUNKS
     coalesce_s: float = COALESCE_S
+
+    @property
+    def waiting_limit(self) -> int:
+        """Connections that may wait for their start at once."""
+        return self.max_waiting if self.max_waiting is not None else max(MAX_WAITING,
+                                                                          self.max_calls)
 
 
 class CallHost(Protocol):
@@ -425,10 +436,10 @@ class IngestHub:
             self.refused["token"] += 1
             return reject(connection, 401, "wrong token\n",
                           {"WWW-Authenticate": 'Bearer realm="emotion-monitor ingest"'})
-        if self.waiting >= self.config.max_waiting:
+        if self.waiting >= self.config.waiting_limit:
             self.refused["waiting"] += 1
             return reject(connection, 503, f"too many connections waiting to start (max "
-                          f"{self.config.max_waiting})\n")
+                          f"{self.config.waiting_limit})\n")
         return None
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -440,7 +451,7 @@ class IngestHub:
         call = _Call(self, ws, authed=given is not None and self.token_ok(given))
         self.waiting += 1
         try:
-            if self.waiting > self.config.max_waiting:  # many handshakes passed at once
+            if self.waiting > self.config.waiting_limit:  # many handshakes passed at once
                 raise ms.IngestError(ms.CLOSE_TRY_LATER, "too many connections waiting")
             await call.serve()
         except ms.IngestError as exc:

@@ -527,3 +527,30 @@ def test_daemon_shutdown_ends_calls_in_progress(tmp_path, tiny_model_path, tess_
     assert got == (1001, "daemon shutting down")
     assert all(m["reason"] == "shutdown" and m["t_end_s"] == pytest.approx(0.7, abs=0.001)
                and m["windows"] == 1 for m in ended.values()), ended
+
+
+@pytest.mark.timeout(60)
+def test_connections_waiting_to_start_are_capped_by_the_floor_size(tmp_path, tiny_model_path):
+    """A floor's calls may all connect at once: max(16, max_calls) may wait for their start;
+    the next handshake gets HTTP 503, and a slot frees when a waiting one goes."""
+    assert IngestConfig(max_calls=4).waiting_limit == 16
+    assert IngestConfig(max_calls=40).waiting_limit == 40
+    assert IngestConfig(max_calls=40, max_waiting=3).waiting_limit == 3
+    cfg = config(tmp_path, tiny_model_path, token=TOKEN, max_calls=20, start_timeout_s=20.0)
+
+    async def main():
+        async with running(cfg) as daemon:
+            waiting = [await connect(ingest_url(daemon)) for _ in range(20)]  # no start yet
+            with pytest.raises(InvalidStatus) as over:
+                await connect(ingest_url(daemon))
+            await waiting.pop().close()
+            for _ in range(50):  # the daemon notices the close
+                await asyncio.sleep(0.02)
+                if daemon.server._ingest.waiting < 20:
+                    break
+            again = await connect(ingest_url(daemon))
+            for ws in [*waiting, again]:
+                await ws.close()
+            return over.value.response.status_code
+
+    assert asyncio.run(main()) == 503
