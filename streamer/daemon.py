@@ -35,7 +35,7 @@ from typing import Any
 from emotion_monitor.cliutil import default_model_path
 from streamer import protocol
 from streamer.backends import RemoteOptions
-from streamer.dynamics import CallDynamics
+from streamer.dynamics import CallDynamics, split_channel_call
 from streamer.guards import Busy, Detached, Redactor, StreamSlots
 from streamer.ingest import IngestConfig, IngestHub
 from streamer.observers import Observers
@@ -357,10 +357,11 @@ class Daemon:
         now = time.time()
         for i, d in enumerate(src.describe()):
             sid = d["id"]
-            info = protocol.stream_info(sid, kind or d.get("kind", src.kind),
-                                        str(d.get("source") or src.kind), now,
-                                        channel=d.get("channel", i if len(ids) > 1 else None),
-                                        speed=speed if speed else None, call=d.get("call"))
+            channel = d.get("channel", i if len(ids) > 1 else None)
+            info = protocol.stream_info(
+                sid, kind or d.get("kind", src.kind), str(d.get("source") or src.kind), now,
+                channel=channel, speed=speed if speed else None,
+                call=d.get("call") or split_channel_call(sid, channel, self.config.split_roles))
             self.streams[sid] = _Stream(
                 info, src, Windower(sid, self.model.sample_rate, self.model.window_s,
                                     self.config.hop_s), speed or None)

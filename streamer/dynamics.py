@@ -28,6 +28,7 @@ import bisect
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,17 @@ def parse_roles(text: str) -> tuple[str | None, ...]:
     roles = tuple(None if r.strip() in ("", "-") else r.strip() for r in text.split(","))
     DynamicsConfig(split_roles=roles)
     return roles
+
+
+def split_channel_call(stream: str, channel: Any, roles: Sequence[str | None]
+                       ) -> dict[str, Any] | None:
+    """The ``call`` block of one channel of a ``--split-channels`` source (``<name>:ch<i>``):
+    the recording is the call, the channel its track, ``--split-roles`` its role. None for
+    any other stream."""
+    if not isinstance(channel, int) or ":ch" not in stream:
+        return None
+    return {"id": stream.rsplit(":ch", 1)[0], "track": f"ch{channel}",
+            "role": roles[channel] if channel < len(roles) else None}
 
 
 # ----------------------------------------------------------------------------- signal
@@ -603,15 +615,11 @@ class CallDynamics:
 
     def _membership(self, info: dict[str, Any]) -> tuple[str, str | None, int | None] | None:
         """(call id, role, channel) of a stream that is one side of a call, else None."""
-        call = info.get("call")
         channel = info.get("channel")
+        call = info.get("call") or split_channel_call(str(info.get("stream", "")), channel,
+                                                      self.config.split_roles)
         if isinstance(call, dict) and call.get("id"):
             return str(call["id"]), call.get("role"), channel
-        sid = str(info.get("stream", ""))
-        if isinstance(channel, int) and ":ch" in sid:
-            roles = self.config.split_roles
-            return sid.rsplit(":ch", 1)[0], roles[channel] if channel < len(roles) else None, \
-                channel
         return None
 
     def stream_started(self, info: dict[str, Any]) -> None:

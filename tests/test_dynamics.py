@@ -325,6 +325,11 @@ def test_daemon_split_channel_replay_sends_logs_and_exports_dynamics(
         [{k: v for k, v in m.items() if k not in strip} for m in call_msgs]
     ended = {m["stream"] for m in c.of("stream_ended")}
     assert ended == {"call:ch0", "call:ch1"}
+    # each channel says it is one side of the recording's call (protocol v1's call block), so
+    # the dashboard's wallboard shows the recording as a call
+    started = {m["stream"]["stream"]: m["stream"] for m in c.of("stream_started")}
+    assert started["call:ch0"]["call"] == {"id": "call", "track": "ch0", "role": "agent"}
+    assert started["call:ch1"]["call"] == {"id": "call", "track": "ch1", "role": "caller"}
     # in the session log, as sent
     logged = [json.loads(line) for line in log_text(cfg.sessions_dir, session_id).splitlines()
               if '"type":"dynamics"' in line.replace(" ", "")]
