@@ -23,29 +23,22 @@ Writes ``runs/mlp_head/results.json`` (resumable per split).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: off
+from probe_setup import CHOICE, DATA, ENCODER, REPO, validation_uar  # OMP_WAIT_POLICY first
+# isort: on
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO))
-
 from train import crosscorpus as cc  # noqa: E402
 from train.corpus import EMOTIONS  # noqa: E402
 from train.whisper_train import build_pool  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-DATA = [f"{c}={SHARED / 'data' / c}" for c in ("tess", "ravdess", "savee", "urdu")]
-ENCODER = str(SHARED / "models" / "whisper-tiny-encoder.pt")
-CHOICE = cc.Choice(block=1, c=0.003, phone_aug=True, pooling=1)
 GRID = [(256, 0.01), (256, 1.0), (64, 0.01), (64, 1.0)]  # (hidden width, AdamW weight decay)
 EPOCHS, BATCH, LR, DROPOUT = 20, 256, 1e-3, 0.3
 SEEDS = (0, 1, 2)  # the chosen MLP retrained with each: its test spread from the seed alone
@@ -104,19 +97,6 @@ def train(pool: cc.Pool, rows: np.ndarray, arm: tuple[int, float] | None, seed: 
     return fit_mlp(x, y, cc.balanced_weights(corpus, y), *arm, seed=seed)
 
 
-def validation_uar(pool: cc.Pool, rows: np.ndarray, arm) -> float:
-    groups = pool.speaker[rows]
-    uars = []
-    for val_groups in cc.inner_folds(groups):
-        val = np.isin(groups, val_groups)
-        head = train(pool, rows[~val], arm)
-        classes = sorted(set(pool.label[rows[val]].tolist()))
-        for variant in ("clean", "ulaw"):
-            uars.append(cc.evaluate(pool, head, rows[val], CHOICE, False, variant,
-                                    classes)["uar"])
-    return float(np.mean(uars))
-
-
 def test_figures(pool: cc.Pool, split: cc.Split, head) -> dict:
     train_classes = set(pool.label[split.train].tolist())
     out = {}
@@ -140,9 +120,10 @@ def main() -> int:
         if key in results:
             continue
         t0 = time.time()
-        val = {"linear": validation_uar(pool, split.train, None)}
-        for hidden, decay in GRID:
-            val[f"mlp h{hidden} wd{decay:g}"] = validation_uar(pool, split.train, (hidden, decay))
+        val = {"linear": validation_uar(pool, split.train, lambda r: train(pool, r, None))}
+        for arm in GRID:
+            val[f"mlp h{arm[0]} wd{arm[1]:g}"] = validation_uar(
+                pool, split.train, lambda r, arm=arm: train(pool, r, arm))
         best = max(GRID, key=lambda a: val[f"mlp h{a[0]} wd{a[1]:g}"])
         row = {"val_uar": val, "mlp_choice": f"mlp h{best[0]} wd{best[1]:g}",
                "linear": test_figures(pool, split, train(pool, split.train, None)),

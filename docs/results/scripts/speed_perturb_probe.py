@@ -22,30 +22,24 @@ Writes ``runs/speed_perturb/results.json``; features are cached under ``.cache/e
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: off
+from probe_setup import CHOICE, DATA, ENCODER, REPO, validation_uar  # OMP_WAIT_POLICY first
+# isort: on
 
 import numpy as np  # noqa: E402
 import soxr  # noqa: E402
 import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO))
 
 from train import crosscorpus as cc  # noqa: E402
 from train.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from train.embeddings import VARIANTS, _run_encoder, default_cache_dir, window_of  # noqa: E402
 from train.whisper_train import build_pool  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-DATA = [f"{c}={SHARED / 'data' / c}" for c in ("tess", "ravdess", "savee", "urdu")]
-ENCODER = str(SHARED / "models" / "whisper-tiny-encoder.pt")
 FACTORS = (0.9, 1.1)
-CHOICE = cc.Choice(block=1, c=0.003, phone_aug=True, pooling=1)
 OUT = REPO / "runs" / "speed_perturb"
 
 
@@ -94,21 +88,15 @@ def with_copies(train_rows: np.ndarray, src_rows: np.ndarray, copy_rows: np.ndar
     return np.concatenate([train_rows, np.asarray(extra, dtype=np.int64)])
 
 
-def validation_uar(pool: cc.Pool, train_rows: np.ndarray, src_rows, copy_rows,
-                   arm: str) -> float:
-    groups = pool.speaker[train_rows]
-    uars = []
-    for val_groups in cc.inner_folds(groups):
-        val = np.isin(groups, val_groups)
-        fit_rows = train_rows[~val]
+def fitter(pool: cc.Pool, src_rows: np.ndarray, copy_rows: np.ndarray, arm: str):
+    """The head of ``arm`` on some rows (the perturbed arm adds their copies)."""
+
+    def fit(rows: np.ndarray):
         if arm == "perturbed":
-            fit_rows = with_copies(fit_rows, src_rows, copy_rows)
-        head = cc.train_head(pool, fit_rows, CHOICE, speaker_norm=False)
-        classes = sorted(set(pool.label[train_rows[val]].tolist()))
-        for variant in ("clean", "ulaw"):
-            uars.append(cc.evaluate(pool, head, train_rows[val], CHOICE, False, variant,
-                                    classes)["uar"])
-    return float(np.mean(uars))
+            rows = with_copies(rows, src_rows, copy_rows)
+        return cc.train_head(pool, rows, CHOICE, speaker_norm=False)
+
+    return fit
 
 
 def main() -> int:
@@ -139,7 +127,8 @@ def main() -> int:
                                                   classes)[k]
                                    for k in ("accuracy", "uar", "macro_f1")}
                                for v in ("clean", "ulaw")}
-            row[arm] = {"val_uar": validation_uar(pool, split.train, src, copy_rows, arm),
+            row[arm] = {"val_uar": validation_uar(pool, split.train,
+                                                  fitter(pool, src, copy_rows, arm)),
                         "n_train": int(len(fit)), "tests": tests}
         results[key] = row
         done.write_text(json.dumps(results, indent=1))
