@@ -13,7 +13,7 @@ the token, the limits, and how a call ends.
 - **Limits**: ``max_calls`` concurrent calls (close 1013), ``waiting_limit`` connections not
   yet started (HTTP 503; max(16, ``max_calls``) unless set), messages over
   ``max_message_bytes`` (1009), a sender more than ``max_ahead_s`` of audio ahead of the wall
-  clock since its first media (1008), no media for ``idle_s`` (1008). A bounded queue of
+  clock since its handshake (1008), no media for ``idle_s`` (1008). A bounded queue of
   chunks per call; backpressure stops reading the socket.
 - **Nothing received is lost**: whatever ends a call (its stop, a bad message, a limit, a
   dropped connection, the daemon stopping the stream), the audio received so far is resampled,
@@ -33,6 +33,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,9 +53,12 @@ log = logging.getLogger("streamer.ingest")
 
 MAX_CALLS = 32
 IDLE_S = 10.0  # no media this long: the sender is gone
-# How far a sender may run ahead of the wall clock, in seconds of audio, counted from its first
-# media message. A platform forwards a live call in real time (jitter and a reconnect burst stay
-# well under it); a sender beyond it would fill the daemon's queues faster than a call can.
+# How far a sender may run ahead of the wall clock, in seconds of audio, counted from its
+# handshake (before which it cannot have sent anything, so a daemon that reads late, busy
+# starting 50 calls at once, never makes a real-time sender look early). A platform forwards a
+# live call in real time (jitter and a reconnect burst stay well under it); a sender beyond it
+# would fill the daemon's queues faster than a call can. What a sender can save up by waiting
+# before its first media is bounded by start_timeout_s + idle_s.
 MAX_AHEAD_S = 2.0
 START_TIMEOUT_S = 5.0  # from the handshake to a start (with the token, when none came before)
 # The largest message: a raw binary frame of 0.5 s of 48-kHz stereo f32 (384 KB/s) fits; a
@@ -232,16 +236,13 @@ class CallSource(Source):
 
 class RateGuard:
     """Refuses a sender more than ``max_ahead_s`` of audio ahead of the wall clock, per track,
-    counted from the connection's first media message."""
+    counted from ``t0``: the connection's handshake (see ``MAX_AHEAD_S``)."""
 
-    def __init__(self, rate: int, max_ahead_s: float) -> None:
-        self.rate, self.max_ahead_s = rate, max_ahead_s
-        self.t0: float | None = None
+    def __init__(self, rate: int, max_ahead_s: float, t0: float) -> None:
+        self.rate, self.max_ahead_s, self.t0 = rate, max_ahead_s, t0
         self.frames: collections.Counter[int] = collections.Counter()
 
     def add(self, track: int, frames: int, now: float) -> None:
-        if self.t0 is None:
-            self.t0 = now
         self.frames[track] += frames
         ahead = self.frames[track] / self.rate - (now - self.t0)
         if ahead > self.max_ahead_s:
@@ -260,6 +261,9 @@ class _Call:
         self.hub, self.ws, self.authed = hub, ws, authed
         self.cfg = hub.config
         loop = asyncio.get_running_loop()
+        # when the handshake was checked (before the 101 went out); now, for a connection the
+        # hub's check did not see (tests that call serve directly)
+        self.connected_at = hub.handshakes.pop(ws, None) or loop.time()
         self.start_deadline = loop.time() + self.cfg.start_timeout_s
         self.last_media = 0.0
         self.source: CallSource | None = None
@@ -350,7 +354,7 @@ class _Call:
             return
         self._authorise(start.token)
         self.source = await self.hub.open_call(self, start)
-        self.guard = RateGuard(start.format.rate, self.cfg.max_ahead_s)
+        self.guard = RateGuard(start.format.rate, self.cfg.max_ahead_s, self.connected_at)
         self.last_media = asyncio.get_running_loop().time()
         self.source.counts["ignored_events"] = self.ignored
 
@@ -418,6 +422,10 @@ class IngestHub:
         self.calls: set[_Call] = set()
         self.waiting = 0
         self.refused: collections.Counter[str] = collections.Counter()
+        # connection -> when its handshake was accepted (RateGuard's t0); weak: a connection
+        # that fails after the check leaves nothing behind
+        self.handshakes: weakref.WeakKeyDictionary[ServerConnection, float] = \
+            weakref.WeakKeyDictionary()
 
     def token_ok(self, given: str) -> bool:
         """Constant-time; a token from JSON may hold lone surrogates, so they are encodable."""
@@ -440,6 +448,7 @@ class IngestHub:
             self.refused["waiting"] += 1
             return reject(connection, 503, f"too many connections waiting to start (max "
                           f"{self.config.waiting_limit})\n")
+        self.handshakes[connection] = asyncio.get_running_loop().time()
         return None
 
     async def handle(self, ws: ServerConnection) -> None:

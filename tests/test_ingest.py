@@ -554,3 +554,55 @@ def test_connections_waiting_to_start_are_capped_by_the_floor_size(tmp_path, tin
             return over.value.response.status_code
 
     assert asyncio.run(main()) == 503
+
+
+def test_rate_guard_counts_from_the_handshake():
+    """A daemon that reads late (busy) receives a real-time sender's backlog in one burst:
+    counted from the handshake, that is on time; a sender really ahead is still refused."""
+    from streamer.ingest import RateGuard
+
+    guard = RateGuard(RATE, 2.0, t0=10.0)
+    guard.add(0, 3 * RATE, now=13.0)  # nothing read for 3 s, then 3 s of audio at once
+    guard.add(0, RATE // 2, now=13.6)
+    fast = RateGuard(RATE, 2.0, t0=10.0)
+    with pytest.raises(ms.IngestError, match="faster than real time: 2.5 s"):
+        fast.add(0, 3 * RATE, now=10.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_daemon_does_not_refuse_a_real_time_call(tmp_path, tiny_model_path,
+                                                           tess_dir, monkeypatch):
+    """The daemon's event loop blocked for 3 s while it opens a call (50 calls starting at
+    once did that in CI): the sender, in real time from another thread, keeps sending, and the
+    daemon then reads 3 s of its audio at once. The call goes on and ends normally."""
+    import threading
+    import time
+
+    from streamer.ingest import IngestHub
+
+    opened = IngestHub.open_call
+
+    async def busy_open(self, call, start):
+        time.sleep(3.0)  # blocks the daemon's loop, as a burst of call starts does
+        return await opened(self, call, start)
+
+    monkeypatch.setattr(IngestHub, "open_call", busy_open)
+    audio = telephone(tess_dir, seconds=6.0)
+    cfg = config(tmp_path, tiny_model_path, token=TOKEN)
+    result: dict = {}
+
+    async def main():
+        async with running(cfg) as daemon, client(v1_url(daemon)) as c:
+            def push() -> None:
+                result["push"] = asyncio.run(push_call(ingest_url(daemon), audio, RATE,
+                                                       token=TOKEN, call_id="STALL"))
+
+            sender = threading.Thread(target=push, daemon=True)
+            sender.start()
+            ended = await until_ended(c, ["STALL-caller", "STALL-agent"])
+            await asyncio.to_thread(sender.join, 30)
+            return ended
+
+    ended = asyncio.run(main())
+    assert (result["push"].close_code, result["push"].close_reason) == (1000, "stop received")
+    assert all(m["reason"] == "eof" for m in ended.values()), ended
