@@ -234,10 +234,14 @@ async def mic_blocks(rate: int, frame_ms: int = FRAME_MS, device: Any = None,
     rate), until ``stop`` is set. sounddevice (PortAudio) is imported only here."""
     import soxr
 
-    from streamer.sources import _sounddevice
+    from streamer.sources import SourceError, _device_arg, _sounddevice
 
     sd = _sounddevice()
-    info = sd.query_devices(device, "input")
+    device = _device_arg(device)
+    try:
+        info = sd.query_devices(device, "input")
+    except (ValueError, sd.PortAudioError) as err:
+        raise SourceError(f"microphone {device!r}: no such input device ({err})") from err
     native = int(round(info["default_samplerate"]))
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[np.ndarray] = asyncio.Queue(256)
@@ -250,6 +254,10 @@ async def mic_blocks(rate: int, frame_ms: int = FRAME_MS, device: Any = None,
     with sd.InputStream(device=device, samplerate=native, channels=1, dtype="float32",
                         blocksize=max(1, native * frame_ms // 1000), callback=callback):
         while stop is None or not stop.is_set():
-            out = rs.resample_chunk(await queue.get())
+            try:  # a silent or stalled device must not keep a stop from being seen
+                block = await asyncio.wait_for(queue.get(), 0.25)
+            except TimeoutError:
+                continue
+            out = rs.resample_chunk(block)
             if out.size:
                 yield out.reshape(-1, 1)

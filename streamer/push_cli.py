@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
@@ -30,7 +31,9 @@ def register(sub: Any) -> None:
         handler=_push)
     p.add_argument("files", nargs="*", metavar="FILE", help="audio files, one call each")
     p.add_argument("--mic", action="store_true", help="push the microphone (one track, caller) "
-                   "until Ctrl-C")
+                   "until Ctrl-C (or SIGTERM), which ends the call with a stop")
+    p.add_argument("--mic-device", default=None, metavar="X",
+                   help="input device index or name (emotion-monitor devices)")
     p.add_argument("--url", default="ws://127.0.0.1:8765/ingest",
                    help="the daemon's ingest URL (default %(default)s)")
     p.add_argument("--token", default=None,
@@ -60,6 +63,7 @@ def _push(args: argparse.Namespace) -> int:
     import asyncio
 
     from streamer import push
+    from streamer.sources import SourceError
 
     if bool(args.files) == bool(args.mic):
         print("error: give FILE... or --mic (not both)", file=sys.stderr)
@@ -71,8 +75,11 @@ def _push(args: argparse.Namespace) -> int:
               layout=args.layout, params=params)
 
     async def main() -> list[push.PushResult]:
-        if args.mic:
-            blocks = push.mic_blocks(rate)
+        if args.mic:  # Ctrl-C ends the call as a hang-up does: a stop, then the close
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            blocks = push.mic_blocks(rate, device=args.mic_device, stop=stop)
             return [await push.push_call(args.url, blocks, rate, channels=1,
                                          call_id=args.call_id, **kw)]
         audio = [push.load_audio(f, rate) for f in args.files]
@@ -84,7 +91,7 @@ def _push(args: argparse.Namespace) -> int:
 
     try:
         results = asyncio.run(main())
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # websockets' InvalidStatus (401, 403, 503) and the like

@@ -9,6 +9,7 @@ import ctypes.util
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -127,3 +128,57 @@ def test_tone_captured_and_resampled(virtual_mic: dict[str, str], tmp_path: Path
     stats = mic.stats()
     assert set(stats) == {"overflows", "dropped_frames"}
     assert chunks[-1].wall_time >= chunks[0].wall_time
+
+
+@pytest.mark.timeout(120)
+def test_push_mic_sends_a_live_call_and_ctrl_c_ends_it(virtual_mic: dict[str, str],
+                                                       tmp_path: Path,
+                                                       tiny_model_path: Path) -> None:
+    """`emotion-monitor push --mic`: the microphone becomes a live call on the daemon's
+    /ingest (a tone played into it comes out in the call's stream), and Ctrl-C ends the call
+    with a stop: the daemon's normal close, exit code 0, the stream ended as eof."""
+    import asyncio
+    import signal
+
+    from streamer.ingest import IngestConfig
+    from tests.streamer_harness import REPO, client, make_config, running
+
+    token = "mic-push-token"
+    tone = tmp_path / "tone.wav"
+    t = np.arange(int(1.5 * SR)) / SR
+    sf.write(tone, (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), SR,
+             subtype="PCM_16")
+    cfg = make_config(tmp_path, tiny_model_path, token=token, ingest=IngestConfig())
+
+    async def main() -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
+        async with running(cfg) as daemon, client(
+                f"ws://127.0.0.1:{daemon.port}/?token={token}") as c:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "emotion_monitor", "push", "--mic", "--mic-device",
+                 "pulse", "--url", f"ws://127.0.0.1:{daemon.port}/ingest", "--token", token,
+                 "--call-id", "MIC1"],
+                env={**virtual_mic, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            try:
+                await c.until(lambda m: m["type"] == "stream_started"
+                              and m["stream"]["stream"] == "MIC1-caller", timeout=60)
+                await asyncio.to_thread(subprocess.run, ["paplay", "-d", "vsink", str(tone)],
+                                        env=virtual_mic, check=True, timeout=30)
+                await c.until(lambda m: m["type"] == "prediction"
+                              and m["stream"] == "MIC1-caller", timeout=30)
+                proc.send_signal(signal.SIGINT)
+                out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            ended = await c.until(lambda m: m["type"] == "stream_ended"
+                                  and m["stream"] == "MIC1-caller", timeout=30)
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            return done, ended, c.of("prediction", "MIC1-caller")
+
+    done, ended, preds = asyncio.run(main())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "call MIC1:" in done.stderr and "closed 1000" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert ended["reason"] == "eof" and ended["t_end_s"] >= 3.0, ended
+    assert preds
