@@ -22,13 +22,13 @@ Writes ``runs/mlp_head/results.json`` (resumable per split).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 
 # isort: off
-from probe_setup import CHOICE, DATA, ENCODER, REPO, validation_uar  # OMP_WAIT_POLICY first
+from probe_setup import (  # OMP_WAIT_POLICY first
+    CHOICE, DATA, ENCODER, REPO, pending_splits, test_figures, validation_uar)
 # isort: on
 
 import numpy as np  # noqa: E402
@@ -97,41 +97,22 @@ def train(pool: cc.Pool, rows: np.ndarray, arm: tuple[int, float] | None, seed: 
     return fit_mlp(x, y, cc.balanced_weights(corpus, y), *arm, seed=seed)
 
 
-def test_figures(pool: cc.Pool, split: cc.Split, head) -> dict:
-    train_classes = set(pool.label[split.train].tolist())
-    out = {}
-    for name, rows in split.tests.items():
-        classes = sorted(train_classes & set(pool.label[rows].tolist()))
-        out[name] = {v: {k: cc.evaluate(pool, head, rows, CHOICE, False, v, classes)[k]
-                         for k in ("accuracy", "uar", "macro_f1")} for v in ("clean", "ulaw")}
-    return out
-
-
 def main() -> int:
     torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
     pool = build_pool(DATA, ENCODER)
-    splits = [s for s in cc.splits(pool, ["tess-si", "ravdess-ai", "shipped"])
-              if "TESS only" not in s.name]
-    done = OUT / "results.json"
-    results = json.loads(done.read_text()) if done.exists() else {}
-    for split in splits:
-        key = f"{split.protocol}: {split.name}"
-        if key in results:
-            continue
+    for split, key, row in pending_splits(pool, OUT):
         t0 = time.time()
         val = {"linear": validation_uar(pool, split.train, lambda r: train(pool, r, None))}
         for arm in GRID:
             val[f"mlp h{arm[0]} wd{arm[1]:g}"] = validation_uar(
                 pool, split.train, lambda r, arm=arm: train(pool, r, arm))
         best = max(GRID, key=lambda a: val[f"mlp h{a[0]} wd{a[1]:g}"])
-        row = {"val_uar": val, "mlp_choice": f"mlp h{best[0]} wd{best[1]:g}",
-               "linear": test_figures(pool, split, train(pool, split.train, None)),
-               "mlp": test_figures(pool, split, train(pool, split.train, best)),
-               "mlp_seeds": [test_figures(pool, split, train(pool, split.train, best, seed))
-                             for seed in SEEDS]}
-        results[key] = row
-        done.write_text(json.dumps(results, indent=1))
+        row.update({"val_uar": val, "mlp_choice": f"mlp h{best[0]} wd{best[1]:g}",
+                    "linear": test_figures(pool, split, train(pool, split.train, None)),
+                    "mlp": test_figures(pool, split, train(pool, split.train, best)),
+                    "mlp_seeds": [test_figures(pool, split,
+                                               train(pool, split.train, best, seed))
+                                  for seed in SEEDS]})
         print(f"{key}: val UAR linear {100 * val['linear']:.1f}, {row['mlp_choice']} "
               f"{100 * val[row['mlp_choice']]:.1f}; " + "; ".join(
                   f"{t} acc {100 * row['linear'][t]['clean']['accuracy']:.1f} -> "

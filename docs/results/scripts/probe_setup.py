@@ -5,9 +5,10 @@ repository on ``sys.path``."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,3 +41,32 @@ def validation_uar(pool: cc.Pool, train_rows: np.ndarray,
             uars.append(cc.evaluate(pool, head, train_rows[val], CHOICE, False, variant,
                                     classes)["uar"])
     return float(np.mean(uars))
+
+
+def test_figures(pool: cc.Pool, split: cc.Split, head: object) -> dict:
+    """Accuracy, UAR and macro-F1 of ``head`` on each test set of ``split``, clean and
+    telephone band, on the classes the test corpus shares with training."""
+    train_classes = set(pool.label[split.train].tolist())
+    out = {}
+    for name, rows in split.tests.items():
+        classes = sorted(train_classes & set(pool.label[rows].tolist()))
+        out[name] = {v: {k: cc.evaluate(pool, head, rows, CHOICE, False, v, classes)[k]
+                         for k in ("accuracy", "uar", "macro_f1")} for v in ("clean", "ulaw")}
+    return out
+
+
+def pending_splits(pool: cc.Pool, out: Path) -> Iterator[tuple[cc.Split, str, dict]]:
+    """The cross-corpus splits (TESS-only ones left out) not yet in ``out/results.json``, as
+    (split, key, row): the caller fills ``row``, which is saved before the next split
+    (resumable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "results.json"
+    results = json.loads(done.read_text()) if done.exists() else {}
+    for split in cc.splits(pool, ["tess-si", "ravdess-ai", "shipped"]):
+        key = f"{split.protocol}: {split.name}"
+        if "TESS only" in split.name or key in results:
+            continue
+        row: dict = {}
+        yield split, key, row
+        results[key] = row
+        done.write_text(json.dumps(results, indent=1))

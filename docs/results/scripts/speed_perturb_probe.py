@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 # isort: off
-from probe_setup import CHOICE, DATA, ENCODER, REPO, validation_uar  # OMP_WAIT_POLICY first
+from probe_setup import (  # OMP_WAIT_POLICY first
+    CHOICE, DATA, ENCODER, REPO, pending_splits, test_figures, validation_uar)
 # isort: on
 
 import numpy as np  # noqa: E402
@@ -101,37 +102,18 @@ def fitter(pool: cc.Pool, src_rows: np.ndarray, copy_rows: np.ndarray, arm: str)
 
 def main() -> int:
     torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
     base = build_pool(DATA, ENCODER)
     src = np.flatnonzero(np.isin(base.corpus, ["tess", "ravdess"]))
     extra = perturbed_features(base, src)
     pool, copy_rows = augmented(base, src, extra)
-    splits = [s for s in cc.splits(base, ["tess-si", "ravdess-ai", "shipped"])
-              if "TESS only" not in s.name]
-    done = OUT / "results.json"
-    results = json.loads(done.read_text()) if done.exists() else {}
-    for split in splits:
-        key = f"{split.protocol}: {split.name}"
-        if key in results:
-            continue
+    for split, key, row in pending_splits(base, OUT):
         t0 = time.time()
-        row: dict = {}
         for arm in ("base", "perturbed"):
             fit = split.train if arm == "base" else with_copies(split.train, src, copy_rows)
             head = cc.train_head(pool, fit, CHOICE, speaker_norm=False)
-            train_classes = set(pool.label[split.train].tolist())
-            tests = {}
-            for name, rows in split.tests.items():
-                classes = sorted(train_classes & set(pool.label[rows].tolist()))
-                tests[name] = {v: {k: cc.evaluate(pool, head, rows, CHOICE, False, v,
-                                                  classes)[k]
-                                   for k in ("accuracy", "uar", "macro_f1")}
-                               for v in ("clean", "ulaw")}
             row[arm] = {"val_uar": validation_uar(pool, split.train,
                                                   fitter(pool, src, copy_rows, arm)),
-                        "n_train": int(len(fit)), "tests": tests}
-        results[key] = row
-        done.write_text(json.dumps(results, indent=1))
+                        "n_train": int(len(fit)), "tests": test_figures(pool, split, head)}
         b, p = row["base"], row["perturbed"]
         print(f"{key}: val UAR {100 * b['val_uar']:.1f} -> {100 * p['val_uar']:.1f}; " + "; ".join(
             f"{t} acc {100 * b['tests'][t]['clean']['accuracy']:.1f} -> "
