@@ -234,14 +234,10 @@ async def mic_blocks(rate: int, frame_ms: int = FRAME_MS, device: Any = None,
     rate), until ``stop`` is set. sounddevice (PortAudio) is imported only here."""
     import soxr
 
-    from streamer.sources import SourceError, _device_arg, _sounddevice
+    from streamer.sources import _sounddevice, query_input
 
     sd = _sounddevice()
-    device = _device_arg(device)
-    try:
-        info = sd.query_devices(device, "input")
-    except (ValueError, sd.PortAudioError) as err:
-        raise SourceError(f"microphone {device!r}: no such input device ({err})") from err
+    device, info = query_input(sd, device)
     native = int(round(info["default_samplerate"]))
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[np.ndarray] = asyncio.Queue(256)

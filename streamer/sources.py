@@ -548,6 +548,16 @@ def _device_arg(device: int | str | None) -> int | str | None:
     return device
 
 
+def query_input(sd: Any, device: int | str | None) -> tuple[int | str | None, dict[str, Any]]:
+    """(the device as PortAudio takes it, its info) for an index or name given by a user;
+    SourceError when there is no such input device (``stream --mic``, ``push --mic``)."""
+    dev = _device_arg(device)
+    try:
+        return dev, sd.query_devices(dev, "input")
+    except Exception as err:
+        raise SourceError(f"microphone {device!r}: no such input device ({err})") from err
+
+
 @dataclass
 class MicSource(Source):
     """A microphone at its native rate: the PortAudio callback only copies blocks into a ring
@@ -569,11 +579,7 @@ class MicSource(Source):
 
     def open(self) -> MicSource:
         self._sd = _sounddevice()
-        dev = _device_arg(self.device)
-        try:
-            info = self._sd.query_devices(dev, "input")
-        except Exception as err:
-            raise SourceError(f"microphone {self.device!r}: no such input device ({err})") from err
+        dev, info = query_input(self._sd, self.device)
         self.native_rate = int(round(info["default_samplerate"]))
         self.device_name = str(info["name"])
         self.device = dev if dev is not None else int(info.get("index", 0))
