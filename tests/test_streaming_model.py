@@ -175,6 +175,21 @@ def test_stream_protocol_scores_an_oracle_perfectly() -> None:
     assert "hop 0.5 s" in res["protocol"]
 
 
+def test_build_stream_keeps_the_given_order_when_asked() -> None:
+    """``shuffle=False`` lays the clips out in the order given (the smoothing probe's emotion
+    episodes); the default shuffles them."""
+    clips = [torch.full((8000,), 0.1 * (i + 1)) for i in range(5)]
+    labels = [4, 0, 3, 1, 2]
+
+    def label_order(stream) -> list[int]:
+        voiced = stream.labels[stream.labels >= 0]
+        return torch.unique_consecutive(voiced).tolist()
+
+    assert label_order(build_stream(clips, labels, seed=3, shuffle=False)) == labels
+    assert sorted(label_order(build_stream(clips, labels, seed=3))) == sorted(labels)
+    assert label_order(build_stream(clips, labels, seed=3)) != labels
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_tiny_training_beats_chance(tess_dir) -> None:

@@ -140,10 +140,12 @@ def embed_stream(
     cache_dir: str | Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    shuffle: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features [n_windows, 2 poolings, n_blocks, 2D], labels [n_windows]) of the voiced 3-s
     windows (every ``hop`` samples) of ``utts`` made into one stream
-    (``train.stream_eval.build_stream``, seeded), each labelled with the emotion covering most
+    (``train.stream_eval.build_stream``, seeded; ``shuffle=False`` keeps ``utts``' order), each
+    labelled with the emotion covering most
     of its voiced samples. ``ulaw`` passes the whole stream through the telephone band, as a
     recorded call would. Every clip must be readable (a stream with a hole is another stream).
     """
@@ -151,13 +153,14 @@ def embed_stream(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     encoder_path = Path(encoder_path)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = _key(utts, f"stream-{variant}-hop{hop}-seed{seed}", encoder_path)
+    key = _key(utts, f"stream-{variant}-hop{hop}-seed{seed}{'' if shuffle else '-ordered'}",
+               encoder_path)
     path = root / f"stream-{variant}-{key}.npz"
     if path.exists():
         with np.load(path) as z:
             return z["features"], z["labels"]
     clips = [torch.from_numpy(load_audio(u.path)) for u in utts]
-    stream = build_stream(clips, [u.label for u in utts], seed=seed)
+    stream = build_stream(clips, [u.label for u in utts], seed=seed, shuffle=shuffle)
     wave = stream.wave.numpy()
     if variant == "ulaw":
         wave = telephone_band(wave, codec="ulaw")

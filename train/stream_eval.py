@@ -56,12 +56,15 @@ def build_stream(
     gap_s: tuple[float, float] = (0.2, 0.8),
     floor_dbfs: float = -65.0,
     seed: int = 0,
+    shuffle: bool = True,
 ) -> Stream:
-    """Concatenate clips in a seeded random order with random gaps, over a pink noise floor."""
+    """Concatenate clips in a seeded random order (``shuffle=False``: the order given) with
+    random gaps, over a pink noise floor."""
     if len(clips) != len(labels) or not clips:
         raise ValueError("build_stream needs as many labels as clips, and at least one clip")
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(clips), generator=gen).tolist()
+    order = (torch.randperm(len(clips), generator=gen).tolist() if shuffle
+             else list(range(len(clips))))
     waves: list[torch.Tensor] = []
     labs: list[torch.Tensor] = []
     for i in order:
