@@ -20,7 +20,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import figures, wallboard
+from dashboard import figures, smoothing, wallboard
 from dashboard.alerts import (
     SIDE_CHOICES,
     Alert,
@@ -111,6 +111,13 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
                        help="Freeze the picture; data keeps arriving and nothing is lost.")
     minutes = sb.select_slider("Timeline shows the last", options=[0.5, 1, 2, 5, 10], value=2,
                                format_func=lambda m: f"{m:g} min")
+    tau_s = sb.select_slider(
+        "Average emotions over", options=smoothing.CHOICES_S, value=smoothing.DEFAULT_TAU_S,
+        format_func=lambda t: "each window" if t == 0 else f"{t:g} s",
+        help="The current emotion and the timeline average the windows' probabilities over "
+             "about this much speech (one window alone is noisy on a new voice; measured in "
+             "docs/results/crosscorpus.md). Alerts, exports and the session log use each "
+             "window as it came.")
     classes = feed.store.classes()
     with sb.expander("🚨 Alert rules", expanded=False):
         high_on = st.checkbox("High emotion for a while", value=True)
@@ -161,7 +168,8 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
             st.session_state.feed = new.start()
             st.session_state.pop("frozen", None)
             st.rerun()
-    return {"paused": paused, "last_s": float(minutes) * 60.0, "rules": rules}
+    return {"paused": paused, "last_s": float(minutes) * 60.0, "rules": rules,
+            "tau_s": float(tau_s)}
 
 
 def navigation(sb: Any) -> None:
@@ -196,7 +204,7 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     connection_bar(view)
     call = st.query_params.get(wallboard.CALL_PARAM)
     # Opened from a wallboard tile: the call's streams, whatever was picked before.
-    focus = wallboard.call_header(feed, call) if call else []
+    focus = wallboard.call_header(feed, call, opts["tau_s"]) if call else []
     if not view.streams:
         if not any(s.state == "connected" for s in view.sources):
             st.warning(f"**No daemon connected.** {START_HINT}", icon="🔌")
@@ -239,7 +247,7 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     if not picked:
         st.caption("Pick a stream to show.")
     for key in picked:
-        stream_card(view.streams[key], view.classes, opts["last_s"])
+        stream_card(view.streams[key], view.classes, opts["last_s"], opts["tau_s"])
     alert_log(view)
 
 
@@ -277,7 +285,8 @@ def alert_banner(active: list[tuple[str, str]], log: list[Alert], view: View) ->
         st.error(f"**ALERT · {label}** — {text}  \n_rule: {rule}_", icon="🚨")
 
 
-def stream_card(s: StreamView, classes: list[str], last_s: float) -> None:
+def stream_card(s: StreamView, classes: list[str], last_s: float,
+                tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
     with st.container(border=True):
         state = f" · ended ({s.ended})" if s.ended else ""
         title, action = st.columns([6, 1], vertical_alignment="center")
@@ -290,28 +299,33 @@ def stream_card(s: StreamView, classes: list[str], last_s: float) -> None:
                 st.toast(f"Asked the daemon to stop {s.stream_id}")
             except (ValueError, ConnectionError) as exc:
                 st.error(str(exc))
-        health_row(s)
+        health_row(s, tau_s)
         left, right = st.columns([3, 2])
-        left.plotly_chart(figures.timeline_figure(s.predictions, classes, last_s=last_s),
+        left.plotly_chart(figures.timeline_figure(s.predictions, classes, last_s=last_s,
+                                                  tau_s=tau_s),
                           key=f"timeline-{s.key}", config={"displayModeBar": False})
         right.plotly_chart(figures.distribution_figure(s.counts, classes),
                            key=f"dist-{s.key}", config={"displayModeBar": False})
         explanation_block(s.explanation, key=f"expl-{s.key}")
 
 
-def health_row(s: StreamView) -> None:
+def health_row(s: StreamView, tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
     latest = s.predictions[-1] if s.predictions else None
     voiced = next((p for p in reversed(s.predictions) if p.voiced), None)
+    avg = smoothing.latest(s.predictions, tau_s)
+    label, conf = max(avg.items(), key=lambda kv: kv[1]) if avg else (None, None)
     cols = st.columns(6)
-    if latest is not None and latest.voiced and latest.label:
-        cols[0].metric("Current emotion",
-                       f"{figures.EMOTION_ICONS.get(latest.label, '')} {latest.label}")
-        cols[1].metric("Confidence", f"{latest.confidence:.0%}")
+    if latest is not None and latest.voiced and label is not None:
+        cols[0].metric("Current emotion", f"{figures.EMOTION_ICONS.get(label, '')} {label}",
+                       help=(f"averaged over about the last {tau_s:g} s of speech; this "
+                             f"window alone: {latest.label} {latest.confidence:.0%}")
+                       if tau_s else None)
+        cols[1].metric("Confidence", f"{conf:.0%}")
     elif voiced is not None and latest is not None:
         cols[0].metric("Current emotion", "🤫 no speech",
-                       help=f"last speech: {voiced.label} at {voiced.t_end:.1f} s")
+                       help=f"last speech: {label} at {voiced.t_end:.1f} s")
         cols[1].metric("Confidence", "—", help=f"last speech {latest.t_end - voiced.t_end:.1f} s "
-                       f"ago: {voiced.label} {voiced.confidence:.0%}")
+                       f"ago: {label} {conf:.0%}")
     else:
         cols[0].metric("Current emotion", "🤫 no speech" if latest else "—")
         cols[1].metric("Confidence", "—")
@@ -447,7 +461,8 @@ def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str,
 
 # ----------------------------------------------------------------------------- review tab
 
-def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
+def review_tab(cfg: argparse.Namespace, rules: list[Any],
+               tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
     directory = st.text_input("Session logs folder", value=cfg.sessions_dir,
                               help="Where the daemon writes sessions/<id>.jsonl, gzipped to "
                                    ".jsonl.gz once closed (its --sessions-dir).")
@@ -484,7 +499,7 @@ def review_tab(cfg: argparse.Namespace, rules: list[Any]) -> None:
     alerts = [a for a in view.alert_log if a.stream == key]
     cols[3].metric("Alerts (current rules)", f"{len(alerts)}")
     left, right = st.columns([3, 2])
-    left.plotly_chart(figures.timeline_figure(preds, view.classes, last_s=None,
+    left.plotly_chart(figures.timeline_figure(preds, view.classes, last_s=None, tau_s=tau_s,
                                               title="Whole session"),
                       key="review-timeline", config={"displayModeBar": False})
     right.plotly_chart(figures.distribution_figure(s.counts, view.classes), key="review-dist",
@@ -557,7 +572,7 @@ def main() -> None:
     st.sidebar.download_button("⬇ Export live buffer as CSV", data=lambda: live_csv(feed),
                                file_name="emotion-monitor-live.csv", mime="text/csv")
     if st.query_params.get(wallboard.VIEW_PARAM) == wallboard.WALLBOARD:
-        wallboard.page(feed)
+        wallboard.page(feed, opts["tau_s"])
         return
     live, replay, review = st.tabs(["📈 Live", "▶ Replay a file", "🗂 Review a session"])
     with live:
@@ -565,7 +580,7 @@ def main() -> None:
     with replay:
         replay_tab(cfg, feed)
     with review:
-        review_tab(cfg, opts["rules"])
+        review_tab(cfg, opts["rules"], opts["tau_s"])
 
 
 if __name__ == "__main__":

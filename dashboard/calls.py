@@ -11,6 +11,9 @@ Store's streams, their recent predictions, the calls' latest dynamics and the ac
 Definitions (also in docs/dashboard.md):
 
 - **negative mass** of a voiced window: p(angry) + p(disgust) + p(fear) + p(sad).
+- a side's **emotion**, confidence and current negative mass: of its probabilities averaged
+  over ``tau_s`` seconds of speech (``dashboard.smoothing``; the sidebar's setting); the
+  sparkline and the trend use each window's own negative mass.
 - **trend** of a side: the least-squares slope of its negative mass over its voiced windows
   whose end lies in the last ``TREND_WINDOW_S`` (30) seconds of that stream's time, in points
   per minute (+0.3/min: negative mass rising by 30 percentage points a minute); None with
@@ -28,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dashboard.smoothing import DEFAULT_TAU_S
+from dashboard.smoothing import latest as smoothed_latest
 from dashboard.state import CallData, Prediction, Store, StreamData
 
 NEGATIVE_EMOTIONS = ("angry", "disgust", "fear", "sad")
@@ -94,10 +99,12 @@ class Side:
 
     stream: str  # the Store's stream key
     role: str | None
-    label: str | None  # the latest window's emotion; None while that window is unvoiced
+    # emotion, its probability and the negative mass of the average at the latest voiced
+    # window (dashboard.smoothing); label and confidence are None while the latest is unvoiced
+    label: str | None
     confidence: float | None
-    last_label: str | None  # the latest voiced window's emotion (shown dimmed in a pause)
-    negative: float | None  # negative mass of the latest voiced window
+    last_label: str | None  # shown dimmed in a pause
+    negative: float | None
     trend_per_min: float | None
     spark: tuple[tuple[float, float | None], ...]  # (t_end, negative mass | None unvoiced)
     ended: bool
@@ -182,19 +189,21 @@ class CallBoard:
     def __init__(self) -> None:
         self._series: dict[str, _Series] = {}
 
-    def tiles(self, store: Store, live_only: bool = True) -> list[Tile]:
-        """Every live call's tile (every call's, with ``live_only=False``), in board order."""
+    def tiles(self, store: Store, live_only: bool = True,
+              tau_s: float = DEFAULT_TAU_S) -> list[Tile]:
+        """Every live call's tile (every call's, with ``live_only=False``), in board order;
+        each side's emotion averaged over ``tau_s`` seconds (``dashboard.smoothing``)."""
         with store.lock:
             active = _active_alerts(store)
             out = [_tile(key, source, call_id, members, store.calls.get(key), active,
-                         self.points)
+                         self.points, tau_s)
                    for key, (source, call_id, members) in calls_of(store).items()
                    if not (live_only and _ended(store.calls.get(key), members))]
             for gone in [k for k in self._series if k not in store.streams]:
                 del self._series[gone]
         return order(out)
 
-    def tile(self, store: Store, key: str) -> Tile | None:
+    def tile(self, store: Store, key: str, tau_s: float = DEFAULT_TAU_S) -> Tile | None:
         """The tile of the call ``key`` names (live or not), built alone; None if unknown."""
         with store.lock:
             found = calls_of(store).get(key)
@@ -202,7 +211,7 @@ class CallBoard:
                 return None
             source, call_id, members = found
             return _tile(key, source, call_id, members, store.calls.get(key),
-                         _active_alerts(store), self.points)
+                         _active_alerts(store), self.points, tau_s)
 
     def points(self, d: StreamData) -> list[tuple[float, float | None]]:
         """(t_end, negative mass | None when unvoiced) of the stream's windows over the last
@@ -241,14 +250,14 @@ class _Series:
         self.points.clear()
 
 
-def tiles(store: Store, live_only: bool = True) -> list[Tile]:
+def tiles(store: Store, live_only: bool = True, tau_s: float = DEFAULT_TAU_S) -> list[Tile]:
     """`CallBoard.tiles` of a board used once (tests, one-off reads)."""
-    return CallBoard().tiles(store, live_only)
+    return CallBoard().tiles(store, live_only, tau_s)
 
 
-def tile(store: Store, key: str) -> Tile | None:
+def tile(store: Store, key: str, tau_s: float = DEFAULT_TAU_S) -> Tile | None:
     """`CallBoard.tile` of a board used once."""
-    return CallBoard().tile(store, key)
+    return CallBoard().tile(store, key, tau_s)
 
 
 def calls_of(store: Store) -> dict[str, tuple[str, str, list[StreamData]]]:
@@ -315,11 +324,12 @@ def _roles(members: list[StreamData], dyn_roles: Mapping[str, Any]) -> dict[str,
 
 def _tile(key: str, source: str, call_id: str, members: list[StreamData],
           call: CallData | None, active: Mapping[str, list[TileAlert]],
-          points: Callable[[StreamData], list[tuple[float, float | None]]]) -> Tile:
+          points: Callable[[StreamData], list[tuple[float, float | None]]],
+          tau_s: float = DEFAULT_TAU_S) -> Tile:
     dyn = call.latest if call is not None and call.latest else None
     sides_dyn = {str(s.get("stream")): s for s in (dyn or {}).get("sides") or []}
     roles = _roles(members, {k: s.get("role") for k, s in sides_dyn.items()})
-    summary = {role: _side(d, role, sides_dyn.get(d.stream_id), points(d))
+    summary = {role: _side(d, role, sides_dyn.get(d.stream_id), points(d), tau_s)
                for role, d in roles.items()}
     ordered = [roles[r] for r in ROLES if r in roles]
     ordered += [d for d in members if all(d is not o for o in ordered)]
@@ -340,16 +350,18 @@ def _tile(key: str, source: str, call_id: str, members: list[StreamData],
 
 
 def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None,
-          points: list[tuple[float, float | None]]) -> Side:
+          points: list[tuple[float, float | None]], tau_s: float = DEFAULT_TAU_S) -> Side:
     latest = d.predictions[-1] if d.predictions else None
-    voiced = next((p for p in reversed(d.predictions) if p.voiced), None)
+    avg = smoothed_latest(d.predictions, tau_s)
+    label, conf = max(avg.items(), key=lambda kv: kv[1]) if avg else (None, None)
+    speaking = latest is not None and latest.voiced
     horizon = latest.t_end - TREND_WINDOW_S if latest else 0.0
     return Side(
         stream=d.key, role=role,
-        label=latest.label if latest is not None and latest.voiced else None,
-        confidence=latest.confidence if latest is not None and latest.voiced else None,
-        last_label=voiced.label if voiced else None,
-        negative=negative_mass(voiced.probs) if voiced else None,
+        label=label if speaking else None,
+        confidence=conf if speaking else None,
+        last_label=label,
+        negative=negative_mass(avg) if avg else None,
         trend_per_min=_trend([(t, v) for t, v in points if v is not None and t >= horizon]),
         spark=tuple(points), ended=d.ended is not None,
         speaking=dyn.get("speaking") if dyn else None,

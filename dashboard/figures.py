@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dashboard.smoothing import HORIZON_TAUS, smoothed
 from dashboard.state import Prediction
 from streamer import protocol
 
@@ -57,28 +58,37 @@ def _figure(data: list[dict], title: str, height: int, **layout: Any) -> Figure:
 
 
 def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
-                    last_s: float | None = 120.0, title: str = "Emotion timeline") -> Figure:
-    """Probability of each class per window over stream time (each window at its end).
+                    last_s: float | None = 120.0, title: str = "Emotion timeline",
+                    tau_s: float = 0.0) -> Figure:
+    """Probability of each class per window over stream time (each window at its end),
+    averaged over ``tau_s`` seconds of speech (``dashboard.smoothing``; 0: each window).
 
     Unvoiced windows and windows missing from the sequence break the lines (None), and
     stretches without speech are shaded, so silence never reads as "neutral".
     """
     preds = list(predictions)
     if preds and last_s is not None:
-        horizon = preds[-1].t_end - last_s
-        preds = preds[bisect_left([p.t_end for p in preds], horizon):]
+        ends = [p.t_end for p in preds]
+        # the average at the first window shown needs HORIZON_TAUS time constants before it
+        preds = preds[bisect_left(ends, ends[-1] - last_s - HORIZON_TAUS * tau_s):]
+    shown = smoothed([(p.t_end, p.probs if p.voiced else None) for p in preds], tau_s)
+    if preds and last_s is not None:
+        first = bisect_left([p.t_end for p in preds], preds[-1].t_end - last_s)
+        preds, shown = preds[first:], shown[first:]
+    if tau_s > 0:
+        title = f"{title} · averaged over {tau_s:g} s"
     xs: list[float | None] = []
     ys: dict[str, list[float | None]] = {c: [] for c in classes}
     silent: list[tuple[float, float]] = []
     prev: Prediction | None = None
-    for p in preds:
+    for p, probs in zip(preds, shown, strict=True):
         if prev is not None and p.seq != prev.seq + 1:
             xs.append(None)
             for c in classes:
                 ys[c].append(None)
         xs.append(round(p.t_end, 3))
         for c in classes:
-            v = p.probs.get(c) if p.voiced else None
+            v = probs.get(c) if probs is not None else None
             ys[c].append(None if v is None else round(v, 4))  # fewer bytes per redraw
         if not p.voiced:
             lo = prev.t_end if prev is not None else p.t_start

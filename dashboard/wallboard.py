@@ -24,6 +24,7 @@ from dashboard import calls
 from dashboard.calls import SPARK_WINDOW_S, Side, Tile, severity_rank
 from dashboard.client import Feed
 from dashboard.figures import EMOTION_ICONS
+from dashboard.smoothing import DEFAULT_TAU_S
 
 #: How often the tiles are rebuilt: under a second, so that with the jitter of a rerun they
 #: still update at least once a second (dynamics arrive once a second).
@@ -161,9 +162,10 @@ def board() -> calls.CallBoard:
     return st.session_state.callboard
 
 
-def page(feed: Feed) -> None:
-    """The wallboard page: redrawn every `REFRESH_S` by a fragment."""
-    st.fragment(run_every=REFRESH_S)(_board)(feed)
+def page(feed: Feed, tau_s: float = DEFAULT_TAU_S) -> None:
+    """The wallboard page: redrawn every `REFRESH_S` by a fragment; emotions averaged over
+    ``tau_s`` seconds (the sidebar's setting)."""
+    st.fragment(run_every=REFRESH_S)(_board)(feed, tau_s)
 
 
 def open_call(key: str) -> None:
@@ -175,9 +177,9 @@ def show_wallboard() -> None:
     st.query_params.from_dict({VIEW_PARAM: WALLBOARD})
 
 
-def _board(feed: Feed) -> None:
+def _board(feed: Feed, tau_s: float = DEFAULT_TAU_S) -> None:
     t0 = time.perf_counter()
-    tiles = board().tiles(feed.store)
+    tiles = board().tiles(feed.store, tau_s=tau_s)
     with feed.store.lock:
         sources = [(s.url, s.state, s.detail) for s in feed.store.sources.values()]
     st.caption(sources_line(sources))
@@ -204,11 +206,11 @@ def sources_line(sources: Sequence[tuple[str, str, str]]) -> str:
                       for url, state, detail in sources) or "⚪ no daemon configured"
 
 
-def call_header(feed: Feed, key: str) -> list[str]:
+def call_header(feed: Feed, key: str, tau_s: float = DEFAULT_TAU_S) -> list[str]:
     """Above the live page's cards when it was opened from a tile: which call, its dynamics,
     and the way back (its alerts are in the page's banner). Returns the call's stream keys
     ([] if unknown)."""
-    tile = calls.tile(feed.store, key)
+    tile = calls.tile(feed.store, key, tau_s)
     left, right = st.columns([6, 1], vertical_alignment="center")
     if right.button("← Wallboard", key="back-to-wallboard",
                     help="Back to all calls (the browser's Back button works too)."):

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.app import parse_args
 from dashboard.client import Feed
+from dashboard.smoothing import DEFAULT_TAU_S
 from dashboard.state import Store
 from streamer import protocol
 from tests.ws_thread import ThreadedServer
@@ -211,7 +212,9 @@ def test_fed_stream_shows_current_emotion_timeline_explanation_and_health(
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert "sad" in metrics["Current emotion"]
-    assert metrics["Confidence"] == "80%"
+    # averaged over DEFAULT_TAU_S of speech: the sad window came 1 s after the last happy one
+    a = math.exp(-2 * HOP / DEFAULT_TAU_S)
+    assert metrics["Confidence"] == f"{a * 0.4 / 6 + (1 - a) * 0.8:.0%}" != "80%"
     assert metrics["Dropped windows"] == "2"
     assert metrics["Lag"] == "0.03 s"
     assert metrics["Voiced windows"] == f"{5 / 7:.0%}"
@@ -227,6 +230,13 @@ def test_fed_stream_shows_current_emotion_timeline_explanation_and_health(
     expl = json.loads(charts[2].proto.spec)
     assert any(tr.get("name") == "Grad-CAM" for tr in expl["data"])
     assert expl["layout"]["shapes"], "the focus box is drawn"
+    # "each window" in the sidebar: the latest window as it came
+    (avg,) = [w for w in at.select_slider if w.label == "Average emotions over"]
+    avg.set_value(0.0).run()
+    assert {m.label: m.value for m in at.metric}["Confidence"] == "80%"
+    timeline = json.loads(at.get("plotly_chart")[0].proto.spec)
+    sad = next(tr for tr in timeline["data"] if tr.get("name") == "sad")
+    assert sad["y"][-1] == pytest.approx(0.8)
 
 
 @pytest.mark.timeout(60)

@@ -8,6 +8,7 @@ Messages are built with `streamer.protocol`, so they are valid protocol v1 by co
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from dashboard.calls import (
 )
 from dashboard.calls import tile as call_tile
 from dashboard.client import Feed
+from dashboard.smoothing import DEFAULT_TAU_S
 from dashboard.state import Prediction
 from streamer import protocol
 from tests.call_floor import CARD, CLASSES, Floor
@@ -182,8 +184,13 @@ def test_tile_carries_emotions_trend_dynamics_and_duration() -> None:
     msgs.append(protocol.dynamics("CA1", 24.0, sides, overlap_s=2.0, overlaps=4, silence_s=12.0,
                                   dead_air=2, dead_air_s=10.0, longest_silence_s=14.0))
     feed = feed_with(*msgs)
-    (t,) = tiles(feed.store)
+    (t,) = tiles(feed.store, tau_s=0.0)  # each window as it came
     assert t.caller.label == "sad" and t.caller.negative == pytest.approx(0.69)
+    # Averaged (the default): an exponential average trails a ramp by a / (1 - a) windows.
+    a = math.exp(-HOP / DEFAULT_TAU_S)
+    (avg,) = tiles(feed.store)
+    assert avg.caller.negative == pytest.approx(0.69 - 0.01 * a / (1 - a), abs=1e-3)
+    assert avg.caller.label == "sad" and avg.agent.last_label == "happy"
     assert t.caller.trend_per_min == pytest.approx(0.01 / HOP * 60, abs=1e-3)  # +1.2/min
     assert t.agent.label is None and t.agent.last_label == "happy"  # silent now
     assert t.caller.talk_share == 0.75 and t.caller.interruptions == 3
