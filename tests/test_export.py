@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import warnings
 from pathlib import Path
@@ -211,3 +212,36 @@ def test_export_a_real_paper_run(tess_dir, tmp_path: Path) -> None:
     assert probs.shape == (2, 7)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-5)
     assert read_card(path)["metrics"]["cv5"]["folds"] == 1
+
+
+def _confidence_results(floor: float) -> dict:
+    def curve(cov: float, acc: float) -> dict:
+        return {"accuracy": 0.6, "auroc": 0.7, "n": 10,
+                "floors": {f"{floor:.2f}": {"coverage": cov, "accuracy": acc}}}
+    return {"chosen_floor": floor, "tau_s": 1.0, "target": 0.8,
+            "tests": {"ravdess-ai: fold 0": {"ravdess": {"episodes": curve(0.5, 0.8),
+                                                         "shuffled": curve(0.4, 0.7)}},
+                      "ravdess-ai: fold 1": {"ravdess": {"episodes": curve(0.7, 0.9),
+                                                         "shuffled": curve(0.4, 0.7)}}}}
+
+
+def test_the_confidence_floor_goes_into_the_card(streaming_run, tmp_path) -> None:
+    """`export --confidence RESULTS`: the probe's chosen floor and its held-out figures
+    (episodes order, mean over splits) become the card's display block; a floor outside
+    [0, 1) is refused."""
+    from train.export_cli import _export
+
+    run, _ = streaming_run
+    res = tmp_path / "confidence.json"
+    res.write_text(json.dumps(_confidence_results(0.55)))
+    out = tmp_path / "m.pt"
+    args = argparse.Namespace(run_dir=str(run), output=str(out), name=None, version=None,
+                              encoder=None, confidence=str(res))
+    assert _export(args) == 0
+    display = read_card(out)["display"]
+    assert display["min_confidence"] == 0.55 and display["averaged_over_s"] == 1.0
+    held = display["heldout"]["ravdess"]
+    assert held["labelled"] == pytest.approx(0.6) and held["right_when_labelled"] == 0.85
+    assert held["splits"] == 2
+    res.write_text(json.dumps(_confidence_results(1.0)))
+    assert _export(args) == 2

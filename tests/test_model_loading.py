@@ -100,6 +100,13 @@ def test_validate_card_types() -> None:
         validate_card({"name": "x", "classes": ["a"], "sample_rate": "16k", "window_s": 3.0})
     with pytest.raises(ModelError, match="classes"):
         validate_card({"name": "x", "classes": [], "sample_rate": 16000, "window_s": 3.0})
+    ok = {"name": "x", "classes": ["a"], "sample_rate": 16000, "window_s": 3.0}
+    assert validate_card({**ok, "display": {"min_confidence": 0.55}})
+    for bad in (1.0, -0.1, "0.5", True, None):
+        with pytest.raises(ModelError, match="display"):
+            validate_card({**ok, "display": {"min_confidence": bad}})
+    with pytest.raises(ModelError, match="display"):
+        validate_card({**ok, "display": [0.5]})
 
 
 def test_device_resolution() -> None:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
@@ -555,6 +556,39 @@ def whisper_from_file(model_path: Path, encoder: str | Path | None) -> tuple[nn.
     return model, {**kept, **WHISPER_PRECISION}
 
 
+# ---------------------------------------------------------------- display floor
+
+def display_from_confidence(path: str | Path) -> dict:
+    """The card's ``display`` block from a confidence probe's results
+    (``docs/results/scripts/confidence_probe.py``): the floor below which the dashboard shows
+    "uncertain", how it was chosen, and what it did on held-out voices (episodes order)."""
+    res = json.loads(Path(path).read_text())
+    floor = float(res["chosen_floor"])
+    if not 0.0 <= floor < 1.0:
+        raise ExportError(f"{path}: chosen_floor must be in [0, 1), got {floor}")
+    key = f"{floor:.2f}"
+    heldout: dict[str, dict] = {}
+    for by_test in res["tests"].values():
+        for test, by_order in by_test.items():
+            c = by_order["episodes"]
+            heldout.setdefault(test, []).append(
+                (c["floors"][key]["coverage"], c["floors"][key]["accuracy"], c["accuracy"]))
+    return {
+        "min_confidence": floor,
+        "averaged_over_s": float(res["tau_s"]),
+        "chosen_on": (f"validation speakers of the training side (3 grouped folds of TESS + "
+                      f"RAVDESS speakers, their stream windows in two orders): the lowest floor "
+                      f"whose labels shown were right at least {res['target']:.0%} of the time"),
+        "heldout": {test: {"labelled": round(float(np.mean([r[0] for r in rows])), 4),
+                           "right_when_labelled": round(float(np.mean([r[1] for r in rows])), 4),
+                           "right_without_floor": round(float(np.mean([r[2] for r in rows])), 4),
+                           "splits": len(rows)}
+                    for test, rows in heldout.items()},
+        "note": "held-out voices' stream windows in runs of one emotion (8-16 s), heads of the "
+                "same recipe per split; docs/results/crosscorpus.md, 'Saying uncertain'",
+    }
+
+
 # ---------------------------------------------------------------- entry point
 
 def export(source: str | Path | nn.Module, path: str | Path, card: dict | None = None,
@@ -587,4 +621,5 @@ def export(source: str | Path | nn.Module, path: str | Path, card: dict | None =
     return save_model(module, path, card)
 
 
-__all__ = ["ExportError", "export", "load_model", "read_card", "save_model", "validate_card"]
+__all__ = ["ExportError", "display_from_confidence", "export", "load_model", "read_card",
+           "save_model", "validate_card"]

@@ -11,7 +11,7 @@ from emotion_monitor.cliutil import add_command
 
 
 def _export(args: argparse.Namespace) -> int:
-    from train.export import ExportError, export, read_card
+    from train.export import ExportError, display_from_confidence, export, read_card
 
     overrides: dict[str, Any] = {}
     if args.name:
@@ -19,9 +19,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.version:
         overrides["version"] = args.version
     try:
+        if args.confidence:
+            overrides["display"] = display_from_confidence(args.confidence)
         path = export(args.run_dir, args.output, overrides=overrides, encoder=args.encoder)
-    except (ExportError, FileNotFoundError) as err:
-        print(f"export failed: {err}", file=sys.stderr)
+    except (ExportError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"export failed: {err!s}", file=sys.stderr)
         return 2
     card = read_card(path)
     size = path.stat().st_size / 1e6
@@ -77,6 +79,9 @@ def register(sub: Any) -> None:
     p.add_argument("--version", help="model version in the card (default 1.0.0)")
     p.add_argument("--encoder", help="whisper runs: the Whisper checkpoint (default: the one "
                    "the run was trained with)")
+    p.add_argument("--confidence", metavar="RESULTS_JSON",
+                   help="a confidence probe's results (docs/results/confidence.json): writes the "
+                   "card's display floor, below which the dashboard shows \"uncertain\"")
 
     models = add_command(
         sub, "models",
