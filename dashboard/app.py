@@ -118,6 +118,11 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
              "about this much speech (one window alone is noisy on a new voice; measured in "
              "docs/results/crosscorpus.md). Alerts, exports and the session log use each "
              "window as it came.")
+    floor_on = sb.toggle(
+        "Say \"uncertain\" below the model's floor", value=True,
+        help="When the averaged label's probability is below the confidence floor in the "
+             "model's card, show it as uncertain (leaning towards the label): on new voices "
+             "such labels are mostly wrong. Models without a floor show every label.")
     classes = feed.store.classes()
     with sb.expander("🚨 Alert rules", expanded=False):
         high_on = st.checkbox("High emotion for a while", value=True)
@@ -169,7 +174,13 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
             st.session_state.pop("frozen", None)
             st.rerun()
     return {"paused": paused, "last_s": float(minutes) * 60.0, "rules": rules,
-            "tau_s": float(tau_s)}
+            "tau_s": float(tau_s), "floor_on": bool(floor_on)}
+
+
+def floors(sources: list[Any], on: bool = True) -> dict[str, float]:
+    """Each daemon's model confidence floor (its card in ``hello``; 0 when off or none)."""
+    return {s.url: smoothing.min_confidence((s.hello or {}).get("model")) if on else 0.0
+            for s in sources}
 
 
 def navigation(sb: Any) -> None:
@@ -204,7 +215,7 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     connection_bar(view)
     call = st.query_params.get(wallboard.CALL_PARAM)
     # Opened from a wallboard tile: the call's streams, whatever was picked before.
-    focus = wallboard.call_header(feed, call, opts["tau_s"]) if call else []
+    focus = wallboard.call_header(feed, call, opts["tau_s"], opts["floor_on"]) if call else []
     if not view.streams:
         if not any(s.state == "connected" for s in view.sources):
             st.warning(f"**No daemon connected.** {START_HINT}", icon="🔌")
@@ -246,8 +257,10 @@ def live_view(cfg: argparse.Namespace, opts: dict[str, Any]) -> None:
     st.session_state.picked_streams = picked
     if not picked:
         st.caption("Pick a stream to show.")
+    floor_of = floors(view.sources, opts["floor_on"])
     for key in picked:
-        stream_card(view.streams[key], view.classes, opts["last_s"], opts["tau_s"])
+        stream_card(view.streams[key], view.classes, opts["last_s"], opts["tau_s"],
+                    floor_of.get(view.streams[key].source, 0.0))
     alert_log(view)
 
 
@@ -286,7 +299,7 @@ def alert_banner(active: list[tuple[str, str]], log: list[Alert], view: View) ->
 
 
 def stream_card(s: StreamView, classes: list[str], last_s: float,
-                tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
+                tau_s: float = smoothing.DEFAULT_TAU_S, floor: float = 0.0) -> None:
     with st.container(border=True):
         state = f" · ended ({s.ended})" if s.ended else ""
         title, action = st.columns([6, 1], vertical_alignment="center")
@@ -299,33 +312,39 @@ def stream_card(s: StreamView, classes: list[str], last_s: float,
                 st.toast(f"Asked the daemon to stop {s.stream_id}")
             except (ValueError, ConnectionError) as exc:
                 st.error(str(exc))
-        health_row(s, tau_s)
+        health_row(s, tau_s, floor)
         left, right = st.columns([3, 2])
         left.plotly_chart(figures.timeline_figure(s.predictions, classes, last_s=last_s,
-                                                  tau_s=tau_s),
+                                                  tau_s=tau_s, floor=floor),
                           key=f"timeline-{s.key}", config={"displayModeBar": False})
         right.plotly_chart(figures.distribution_figure(s.counts, classes),
                            key=f"dist-{s.key}", config={"displayModeBar": False})
         explanation_block(s.explanation, key=f"expl-{s.key}")
 
 
-def health_row(s: StreamView, tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
+def health_row(s: StreamView, tau_s: float = smoothing.DEFAULT_TAU_S,
+               floor: float = 0.0) -> None:
     latest = s.predictions[-1] if s.predictions else None
     voiced = next((p for p in reversed(s.predictions) if p.voiced), None)
-    avg = smoothing.latest(s.predictions, tau_s)
-    label, conf = max(avg.items(), key=lambda kv: kv[1]) if avg else (None, None)
+    now = smoothing.current(s.predictions, tau_s, floor)
     cols = st.columns(6)
-    if latest is not None and latest.voiced and label is not None:
-        cols[0].metric("Current emotion", f"{figures.EMOTION_ICONS.get(label, '')} {label}",
-                       help=(f"averaged over about the last {tau_s:g} s of speech; this "
-                             f"window alone: {latest.label} {latest.confidence:.0%}")
-                       if tau_s else None)
-        cols[1].metric("Confidence", f"{conf:.0%}")
-    elif voiced is not None and latest is not None:
+    if latest is not None and latest.voiced and now is not None:
+        averaged = (f"averaged over about the last {tau_s:g} s of speech; this window alone: "
+                    f"{latest.label} {latest.confidence:.0%}") if tau_s else "this window"
+        if now.uncertain:
+            cols[0].metric("Current emotion", "🤔 uncertain",
+                           help=f"leaning {now.label} ({now.confidence:.0%}), below the "
+                                f"model's confidence floor of {floor:.0%}; {averaged}")
+        else:
+            cols[0].metric("Current emotion",
+                           f"{figures.EMOTION_ICONS.get(now.label, '')} {now.label}",
+                           help=averaged)
+        cols[1].metric("Confidence", f"{now.confidence:.0%}")
+    elif voiced is not None and latest is not None and now is not None:
         cols[0].metric("Current emotion", "🤫 no speech",
-                       help=f"last speech: {label} at {voiced.t_end:.1f} s")
+                       help=f"last speech: {now.label} at {voiced.t_end:.1f} s")
         cols[1].metric("Confidence", "—", help=f"last speech {latest.t_end - voiced.t_end:.1f} s "
-                       f"ago: {label} {conf:.0%}")
+                       f"ago: {now.label} {now.confidence:.0%}")
     else:
         cols[0].metric("Current emotion", "🤫 no speech" if latest else "—")
         cols[1].metric("Confidence", "—")
@@ -462,7 +481,7 @@ def _await_reply(feed: Feed, request_id: str, timeout: float = 3.0) -> dict[str,
 # ----------------------------------------------------------------------------- review tab
 
 def review_tab(cfg: argparse.Namespace, rules: list[Any],
-               tau_s: float = smoothing.DEFAULT_TAU_S) -> None:
+               tau_s: float = smoothing.DEFAULT_TAU_S, floor_on: bool = True) -> None:
     directory = st.text_input("Session logs folder", value=cfg.sessions_dir,
                               help="Where the daemon writes sessions/<id>.jsonl, gzipped to "
                                    ".jsonl.gz once closed (its --sessions-dir).")
@@ -500,7 +519,9 @@ def review_tab(cfg: argparse.Namespace, rules: list[Any],
     cols[3].metric("Alerts (current rules)", f"{len(alerts)}")
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.timeline_figure(preds, view.classes, last_s=None, tau_s=tau_s,
-                                              title="Whole session"),
+                                              title="Whole session",
+                                              floor=floors(view.sources, floor_on)
+                                              .get(s.source, 0.0)),
                       key="review-timeline", config={"displayModeBar": False})
     right.plotly_chart(figures.distribution_figure(s.counts, view.classes), key="review-dist",
                        config={"displayModeBar": False})
@@ -572,7 +593,7 @@ def main() -> None:
     st.sidebar.download_button("⬇ Export live buffer as CSV", data=lambda: live_csv(feed),
                                file_name="emotion-monitor-live.csv", mime="text/csv")
     if st.query_params.get(wallboard.VIEW_PARAM) == wallboard.WALLBOARD:
-        wallboard.page(feed, opts["tau_s"])
+        wallboard.page(feed, opts["tau_s"], opts["floor_on"])
         return
     live, replay, review = st.tabs(["📈 Live", "▶ Replay a file", "🗂 Review a session"])
     with live:
@@ -580,7 +601,7 @@ def main() -> None:
     with replay:
         replay_tab(cfg, feed)
     with review:
-        review_tab(cfg, opts["rules"], opts["tau_s"])
+        review_tab(cfg, opts["rules"], opts["tau_s"], opts["floor_on"])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Definitions (also in docs/dashboard.md):
 
 - **negative mass** of a voiced window: p(angry) + p(disgust) + p(fear) + p(sad).
 - a side's **emotion**, confidence and current negative mass: of its probabilities averaged
-  over ``tau_s`` seconds of speech (``dashboard.smoothing``; the sidebar's setting); the
-  sparkline and the trend use each window's own negative mass.
+  over ``tau_s`` seconds of speech (``dashboard.smoothing``; the sidebar's setting), the
+  emotion marked uncertain below its daemon's model confidence floor; the sparkline and the
+  trend use each window's own negative mass.
 - **trend** of a side: the least-squares slope of its negative mass over its voiced windows
   whose end lies in the last ``TREND_WINDOW_S`` (30) seconds of that stream's time, in points
   per minute (+0.3/min: negative mass rising by 30 percentage points a minute); None with
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboard.smoothing import DEFAULT_TAU_S
+from dashboard.smoothing import DEFAULT_TAU_S, min_confidence
 from dashboard.smoothing import latest as smoothed_latest
 from dashboard.state import CallData, Prediction, Store, StreamData
 
@@ -108,6 +109,7 @@ class Side:
     trend_per_min: float | None
     spark: tuple[tuple[float, float | None], ...]  # (t_end, negative mass | None unvoiced)
     ended: bool
+    uncertain: bool = False  # the average's confidence is below the model's floor
     speaking: bool | None = None  # from dynamics
     talk_share: float | None = None
     interruptions: int | None = None  # times this side cut in on the other
@@ -190,20 +192,22 @@ class CallBoard:
         self._series: dict[str, _Series] = {}
 
     def tiles(self, store: Store, live_only: bool = True,
-              tau_s: float = DEFAULT_TAU_S) -> list[Tile]:
+              tau_s: float = DEFAULT_TAU_S, floors: bool = True) -> list[Tile]:
         """Every live call's tile (every call's, with ``live_only=False``), in board order;
-        each side's emotion averaged over ``tau_s`` seconds (``dashboard.smoothing``)."""
+        each side's emotion averaged over ``tau_s`` seconds and, with ``floors``, uncertain
+        below its model's confidence floor (``dashboard.smoothing``)."""
         with store.lock:
             active = _active_alerts(store)
             out = [_tile(key, source, call_id, members, store.calls.get(key), active,
-                         self.points, tau_s)
+                         self.points, tau_s, _floor(store, source) if floors else 0.0)
                    for key, (source, call_id, members) in calls_of(store).items()
                    if not (live_only and _ended(store.calls.get(key), members))]
             for gone in [k for k in self._series if k not in store.streams]:
                 del self._series[gone]
         return order(out)
 
-    def tile(self, store: Store, key: str, tau_s: float = DEFAULT_TAU_S) -> Tile | None:
+    def tile(self, store: Store, key: str, tau_s: float = DEFAULT_TAU_S,
+             floors: bool = True) -> Tile | None:
         """The tile of the call ``key`` names (live or not), built alone; None if unknown."""
         with store.lock:
             found = calls_of(store).get(key)
@@ -211,7 +215,8 @@ class CallBoard:
                 return None
             source, call_id, members = found
             return _tile(key, source, call_id, members, store.calls.get(key),
-                         _active_alerts(store), self.points, tau_s)
+                         _active_alerts(store), self.points, tau_s,
+                         _floor(store, source) if floors else 0.0)
 
     def points(self, d: StreamData) -> list[tuple[float, float | None]]:
         """(t_end, negative mass | None when unvoiced) of the stream's windows over the last
@@ -250,14 +255,22 @@ class _Series:
         self.points.clear()
 
 
-def tiles(store: Store, live_only: bool = True, tau_s: float = DEFAULT_TAU_S) -> list[Tile]:
+def tiles(store: Store, live_only: bool = True, tau_s: float = DEFAULT_TAU_S,
+          floors: bool = True) -> list[Tile]:
     """`CallBoard.tiles` of a board used once (tests, one-off reads)."""
-    return CallBoard().tiles(store, live_only, tau_s)
+    return CallBoard().tiles(store, live_only, tau_s, floors)
 
 
-def tile(store: Store, key: str, tau_s: float = DEFAULT_TAU_S) -> Tile | None:
+def tile(store: Store, key: str, tau_s: float = DEFAULT_TAU_S,
+         floors: bool = True) -> Tile | None:
     """`CallBoard.tile` of a board used once."""
-    return CallBoard().tile(store, key, tau_s)
+    return CallBoard().tile(store, key, tau_s, floors)
+
+
+def _floor(store: Store, source: str) -> float:
+    """The confidence floor of the model on ``source`` (its card in ``hello``; 0: none)."""
+    state = store.sources.get(source)
+    return min_confidence((state.hello or {}).get("model") if state else None)
 
 
 def calls_of(store: Store) -> dict[str, tuple[str, str, list[StreamData]]]:
@@ -325,11 +338,11 @@ def _roles(members: list[StreamData], dyn_roles: Mapping[str, Any]) -> dict[str,
 def _tile(key: str, source: str, call_id: str, members: list[StreamData],
           call: CallData | None, active: Mapping[str, list[TileAlert]],
           points: Callable[[StreamData], list[tuple[float, float | None]]],
-          tau_s: float = DEFAULT_TAU_S) -> Tile:
+          tau_s: float = DEFAULT_TAU_S, floor: float = 0.0) -> Tile:
     dyn = call.latest if call is not None and call.latest else None
     sides_dyn = {str(s.get("stream")): s for s in (dyn or {}).get("sides") or []}
     roles = _roles(members, {k: s.get("role") for k, s in sides_dyn.items()})
-    summary = {role: _side(d, role, sides_dyn.get(d.stream_id), points(d), tau_s)
+    summary = {role: _side(d, role, sides_dyn.get(d.stream_id), points(d), tau_s, floor)
                for role, d in roles.items()}
     ordered = [roles[r] for r in ROLES if r in roles]
     ordered += [d for d in members if all(d is not o for o in ordered)]
@@ -350,7 +363,8 @@ def _tile(key: str, source: str, call_id: str, members: list[StreamData],
 
 
 def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None,
-          points: list[tuple[float, float | None]], tau_s: float = DEFAULT_TAU_S) -> Side:
+          points: list[tuple[float, float | None]], tau_s: float = DEFAULT_TAU_S,
+          floor: float = 0.0) -> Side:
     latest = d.predictions[-1] if d.predictions else None
     avg = smoothed_latest(d.predictions, tau_s)
     label, conf = max(avg.items(), key=lambda kv: kv[1]) if avg else (None, None)
@@ -362,6 +376,7 @@ def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None,
         confidence=conf if speaking else None,
         last_label=label,
         negative=negative_mass(avg) if avg else None,
+        uncertain=conf is not None and conf < floor,
         trend_per_min=_trend([(t, v) for t, v in points if v is not None and t >= horizon]),
         spark=tuple(points), ended=d.ended is not None,
         speaking=dyn.get("speaking") if dyn else None,

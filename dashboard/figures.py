@@ -59,9 +59,10 @@ def _figure(data: list[dict], title: str, height: int, **layout: Any) -> Figure:
 
 def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
                     last_s: float | None = 120.0, title: str = "Emotion timeline",
-                    tau_s: float = 0.0) -> Figure:
+                    tau_s: float = 0.0, floor: float = 0.0) -> Figure:
     """Probability of each class per window over stream time (each window at its end),
-    averaged over ``tau_s`` seconds of speech (``dashboard.smoothing``; 0: each window).
+    averaged over ``tau_s`` seconds of speech (``dashboard.smoothing``; 0: each window), with
+    the model's confidence ``floor`` as a dashed line when it has one.
 
     Unvoiced windows and windows missing from the sequence break the lines (None), and
     stretches without speech are shaded, so silence never reads as "neutral".
@@ -106,6 +107,10 @@ def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
     shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": lo, "x1": hi, "y0": 0,
                "y1": 1, "fillcolor": "#bbbbbb", "opacity": 0.25, "line": {"width": 0},
                "layer": "below"} for lo, hi in silent]
+    if floor > 0:
+        shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1,
+                       "y0": floor, "y1": floor, "line": {"color": "#888", "width": 1,
+                                                          "dash": "dash"}})
     if silent:
         # A legend entry for the shading.
         data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers",
@@ -114,6 +119,10 @@ def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
     annotations = [] if preds else [{
         "text": "waiting for the first window…", "showarrow": False, "x": 0.5, "y": 0.5,
         "xref": "paper", "yref": "paper"}]
+    if floor > 0:
+        annotations.append({"text": "below: uncertain", "showarrow": False, "x": 1, "y": floor,
+                            "xref": "paper", "yref": "y", "xanchor": "right",
+                            "yanchor": "top", "font": {"size": 10, "color": "#888"}})
     return _figure(data, title, 300, shapes=shapes, annotations=annotations,
                    yaxis={"range": [0, 1], "tickformat": ".0%"},
                    xaxis={"title": {"text": "stream time (s)"}})

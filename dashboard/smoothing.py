@@ -1,4 +1,5 @@
-"""A stream's emotion smoothed over time: what the dashboard reads as "current emotion".
+"""A stream's current emotion as the dashboard shows it: averaged over time, and "uncertain"
+below the model's confidence floor.
 
 One 3-s window's label is noisy on a voice the model never heard, and an emotion in a call
 lasts longer than a window. The dashboard therefore shows a causal exponential moving average
@@ -10,15 +11,23 @@ carry no probabilities and change nothing. ``tau_s = 0`` shows each window as it
 What it buys on held-out voices, and the default, were measured on validation speakers:
 docs/results/crosscorpus.md, "Smoothing over time" (``docs/results/scripts/smoothing_probe.py``
 uses this module). The session log and CSV exports keep the raw windows.
+
+A model card may carry a confidence floor (``display.min_confidence``): below it the averaged
+label is shown as uncertain (leaning towards it), because on voices the model reads poorly its
+low-confidence labels are mostly wrong. The shipped model's floor was chosen on validation
+speakers (docs/results/crosscorpus.md, "Saying uncertain"); a card without one shows every
+label.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CHOICES_S", "DEFAULT_TAU_S", "HORIZON_TAUS", "Smoother", "latest", "smoothed"]
+__all__ = ["CHOICES_S", "DEFAULT_TAU_S", "HORIZON_TAUS", "Current", "Smoother", "current",
+           "latest", "min_confidence", "smoothed"]
 
 #: The time constants offered (seconds; 0: each window) and measured (the smoothing probe).
 CHOICES_S = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
@@ -81,3 +90,33 @@ def latest(predictions: Sequence[Any], tau_s: float = DEFAULT_TAU_S
     for p in reversed(recent):
         out = s(p.t_end, p.probs)
     return out
+
+
+def min_confidence(card: Mapping[str, Any] | None) -> float:
+    """The card's confidence floor (``display.min_confidence``) in [0, 1); 0 (show every
+    label) when the card has none or it is not such a number (cards come over the wire)."""
+    display = card.get("display") if isinstance(card, Mapping) else None
+    value = display.get("min_confidence") if isinstance(display, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if 0.0 <= value < 1.0 else 0.0
+
+
+@dataclass(frozen=True)
+class Current:
+    """The emotion shown for a stream: the averaged label, its probability, and whether that
+    is below the model's floor (then shown as "uncertain", leaning towards ``label``)."""
+
+    label: str
+    confidence: float
+    uncertain: bool
+
+
+def current(predictions: Sequence[Any], tau_s: float = DEFAULT_TAU_S,
+            floor: float = 0.0) -> Current | None:
+    """What to show at the latest voiced window (None: no voiced window yet)."""
+    avg = latest(predictions, tau_s)
+    if not avg:
+        return None
+    label, conf = max(avg.items(), key=lambda kv: kv[1])
+    return Current(label, conf, conf < floor)

@@ -162,10 +162,10 @@ def board() -> calls.CallBoard:
     return st.session_state.callboard
 
 
-def page(feed: Feed, tau_s: float = DEFAULT_TAU_S) -> None:
+def page(feed: Feed, tau_s: float = DEFAULT_TAU_S, floors: bool = True) -> None:
     """The wallboard page: redrawn every `REFRESH_S` by a fragment; emotions averaged over
-    ``tau_s`` seconds (the sidebar's setting)."""
-    st.fragment(run_every=REFRESH_S)(_board)(feed, tau_s)
+    ``tau_s`` seconds and uncertain below the models' floors (the sidebar's settings)."""
+    st.fragment(run_every=REFRESH_S)(_board)(feed, tau_s, floors)
 
 
 def open_call(key: str) -> None:
@@ -177,9 +177,9 @@ def show_wallboard() -> None:
     st.query_params.from_dict({VIEW_PARAM: WALLBOARD})
 
 
-def _board(feed: Feed, tau_s: float = DEFAULT_TAU_S) -> None:
+def _board(feed: Feed, tau_s: float = DEFAULT_TAU_S, floors: bool = True) -> None:
     t0 = time.perf_counter()
-    tiles = board().tiles(feed.store, tau_s=tau_s)
+    tiles = board().tiles(feed.store, tau_s=tau_s, floors=floors)
     with feed.store.lock:
         sources = [(s.url, s.state, s.detail) for s in feed.store.sources.values()]
     st.caption(sources_line(sources))
@@ -206,11 +206,12 @@ def sources_line(sources: Sequence[tuple[str, str, str]]) -> str:
                       for url, state, detail in sources) or "⚪ no daemon configured"
 
 
-def call_header(feed: Feed, key: str, tau_s: float = DEFAULT_TAU_S) -> list[str]:
+def call_header(feed: Feed, key: str, tau_s: float = DEFAULT_TAU_S,
+                floors: bool = True) -> list[str]:
     """Above the live page's cards when it was opened from a tile: which call, its dynamics,
     and the way back (its alerts are in the page's banner). Returns the call's stream keys
     ([] if unknown)."""
-    tile = calls.tile(feed.store, key, tau_s)
+    tile = calls.tile(feed.store, key, tau_s, floors)
     left, right = st.columns([6, 1], vertical_alignment="center")
     if right.button("← Wallboard", key="back-to-wallboard",
                     help="Back to all calls (the browser's Back button works too)."):
@@ -283,7 +284,10 @@ def _side_html(name: str, s: Side | None) -> str:
     if s is None:
         return f'<div class="wb-side"><span><span class="wb-role">{name}</span>' \
                f'<span class="wb-quiet">—</span></span></div>'
-    if s.label:
+    if s.label and s.uncertain:
+        emo = (f'<span class="wb-quiet" title="below the model\'s confidence floor">🤔 '
+               f'{esc(s.label)}? {s.confidence or 0:.0%}</span>')
+    elif s.label:
         emo = f'{EMOTION_ICONS.get(s.label, "")} {esc(s.label)} {s.confidence or 0:.0%}'
     elif s.last_label:
         emo = f'<span class="wb-quiet">🤫 ({esc(s.last_label)})</span>'

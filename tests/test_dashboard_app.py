@@ -240,6 +240,32 @@ def test_fed_stream_shows_current_emotion_timeline_explanation_and_health(
 
 
 @pytest.mark.timeout(60)
+def test_below_the_models_floor_the_emotion_reads_uncertain(offline_feed: Feed) -> None:
+    """A card with a confidence floor: a steady 60 % "happy" under a 75 % floor shows as
+    uncertain (leaning happy), with the floor drawn on the timeline; the sidebar toggle turns
+    it off."""
+    card = {**CARD, "display": {"min_confidence": 0.75}}
+    offline_feed.inject(URL, protocol.hello(
+        "sess-1", card, [protocol.stream_info("s1", "file", "s1.flac", 1763760000.0)], HOP, 1,
+        {"max_message_bytes": 65536, "max_upload_bytes": 2**20, "queue_size": 64}))
+    for i in range(6):
+        offline_feed.inject(URL, window("s1", i, "happy", 0.6))
+    at = app(offline_feed)
+    at.run()
+    assert not at.exception
+    metrics = {m.label: m for m in at.metric}
+    assert "uncertain" in metrics["Current emotion"].value
+    assert "leaning happy" in metrics["Current emotion"].help
+    assert metrics["Confidence"].value == "60%"
+    timeline = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert any(sh.get("type") == "line" and sh.get("y0") == 0.75
+               for sh in timeline["layout"]["shapes"])
+    (toggle,) = [t for t in at.toggle if "uncertain" in t.label]
+    toggle.set_value(False).run()
+    assert "happy" in {m.label: m.value for m in at.metric}["Current emotion"]
+
+
+@pytest.mark.timeout(60)
 def test_invalid_message_is_skipped_with_an_event(offline_feed: Feed) -> None:
     offline_feed.inject(URL, hello())
     offline_feed._handle(URL, '{"type": "prediction", "v": "1", "stream": "s1"}')

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from dashboard.smoothing import HORIZON_TAUS, Smoother, latest, smoothed
+from dashboard.smoothing import (
+    HORIZON_TAUS,
+    Smoother,
+    current,
+    latest,
+    min_confidence,
+    smoothed,
+)
 
 A = {"angry": 0.9, "neutral": 0.1}
 N = {"angry": 0.2, "neutral": 0.8}
@@ -69,3 +76,20 @@ def test_latest_equals_the_whole_history_within_the_horizon() -> None:
 def test_a_bad_time_constant_is_refused(tau: float) -> None:
     with pytest.raises(ValueError, match="tau_s"):
         Smoother(tau)
+
+
+def test_the_floor_comes_from_the_card_and_garbage_means_none() -> None:
+    assert min_confidence({"display": {"min_confidence": 0.55}}) == 0.55
+    for card in (None, {}, {"display": None}, {"display": [0.5]},
+                 {"display": {"min_confidence": "0.5"}}, {"display": {"min_confidence": True}},
+                 {"display": {"min_confidence": 1.0}}, {"display": {"min_confidence": -1}},
+                 {"display": {"min_confidence": float("nan")}}):
+        assert min_confidence(card) == 0.0, card
+
+
+def test_current_is_uncertain_below_the_floor() -> None:
+    preds = [P(3.0, True, {"angry": 0.5, "neutral": 0.5 - 1e-3, "sad": 1e-3})]
+    now = current(preds, 1.0, floor=0.55)
+    assert now is not None and now.label == "angry" and now.uncertain
+    assert not current(preds, 1.0, floor=0.5).uncertain
+    assert current([P(3.0, False, {})], 1.0, 0.55) is None

@@ -206,6 +206,25 @@ def test_tile_carries_emotions_trend_dynamics_and_duration() -> None:
     assert t.dead_air is None and t.caller.talk_share is None
 
 
+def test_a_side_below_the_models_floor_is_marked_uncertain() -> None:
+    card = {**CARD, "display": {"min_confidence": 0.7}}
+    infos = [call_info("CA1", "c", "caller"), call_info("CA1", "a", "agent")]
+    msgs = [protocol.hello("sess-1", card, infos, HOP, 0,
+                           {"max_message_bytes": 65536, "max_upload_bytes": 2**20,
+                            "queue_size": 64})]
+    for i in range(10):
+        msgs.append(pred("CA1-c", i, probs(angry=0.6)))
+        msgs.append(pred("CA1-a", i, probs(happy=0.9)))
+    feed = feed_with(*msgs)
+    (t,) = tiles(feed.store)
+    assert t.caller.uncertain and t.caller.label == "angry"
+    assert not t.agent.uncertain and t.agent.label == "happy"
+    html = wallboard.tile_html(t)
+    assert "🤔 angry?" in html and "🤔 happy" not in html
+    (off,) = tiles(feed.store, floors=False)
+    assert not off.caller.uncertain
+
+
 def test_board_order_follows_alerts_then_the_callers_trend() -> None:
     infos = [call_info(c, s, r) for c in ("CALM", "RISE", "ANGRY", "FALLHAPPY", "QUIET")
              for s, r in (("c", "caller"), ("a", "agent"))]
