@@ -236,12 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "faithfulness" / "results.json")
     p.add_argument("--train-only", action="store_true", help="just train/cache the fold model")
+    p.add_argument("--saliency-sigma", type=float, nargs=2, default=None, metavar=("F", "T"),
+                   help="smooth saliency maps with this Gaussian (std in mel bands, frames) "
+                        f"instead of streamer.gradcam.SALIENCY_SIGMA {g.SALIENCY_SIGMA}")
     p.add_argument("--heldout", metavar="NAME=PATH", default=None,
                    help="explain clips of this corpus instead of the TESS fold (for a --model "
                         "never trained on it, e.g. savee=../shared/data/savee for the shipped "
                         "models)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.saliency_sigma is not None:
+        g.SALIENCY_SIGMA = tuple(args.saliency_sigma)
 
     from tqdm import tqdm
 
@@ -293,15 +298,19 @@ def main(argv: list[str] | None = None) -> int:
         rows += evaluate(model, waves[b:b + args.batch], labels[b:b + args.batch], args.random,
                          args.seed + b)
     classes = list(model.card["classes"])
+    trained_on = (model.card.get("training") or {}).get("corpora") or []
+    seen = ("one of the model's training corpora: for choosing settings, not a held-out figure"
+            if args.heldout and args.heldout.split("=")[0] in trained_on else "never trained on")
     summary = {
         "benchmark": "gradcam faithfulness (masking, deletion curve)",
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": args.threads},
         "settings": {"model": str(model_path), "card_training": model.card.get("training"),
-                     "fold": (f"{args.heldout} (never trained on)" if args.heldout
+                     "fold": (f"{args.heldout} ({seen})" if args.heldout
                               else f"cv5 seed 0 fold {args.fold} (held out)"),
                      "per_class": args.per_class, "random_boxes": args.random,
                      "box_area": BOX_AREA, "masking": "STFT noise-floor fill, random phase",
+                     "saliency_sigma": list(g.SALIENCY_SIGMA),
                      "target": "predicted class", "seconds": round(time.time() - t0, 1)},
         "overall": summarize(rows),
         "per_class": {classes[c]: summarize([r for r in rows if r["label"] == c])

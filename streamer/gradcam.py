@@ -12,7 +12,11 @@ the card's ``explain_method``:
 - ``vit-tokens``: activations are the last transformer block's tokens already reshaped to the
   patch grid by the model, so the maths is the same as ``gradcam``.
 - ``saliency``: for LSTM / feature-vector models with no spatial map: |d score / d spectrogram|
-  (input-gradient saliency, Simonyan et al. 2014), max over channels, normalised to [0, 1].
+  (input-gradient saliency, Simonyan et al. 2014), max over channels, smoothed with a Gaussian
+  of ``SALIENCY_SIGMA`` (mel bands, frames), normalised to [0, 1]. Raw input gradients are
+  speckled (single bright cells), which on screen reads as no map at all; the smoothing turns
+  them into regions of the spectrogram (its width chosen with ``benchmarks/faithfulness.py``
+  on clips of the shipped model's training corpora: docs/results/crosscorpus.md).
 
 Masking for the confidence drops (why this fill): the model takes a waveform, so a time x
 frequency region is removed in the STFT of the waveform (same n_fft / hop as the model's
@@ -58,6 +62,25 @@ FRAME_F, FRAME_T = 64, 100
 NOISE_FLOOR_QUANTILE = 0.1
 #: Run the CPU backward with oneDNN off (native LSTM); see class_activation_maps.
 CPU_ONEDNN_OFF = False
+#: Gaussian smoothing of saliency maps, standard deviation in (mel bands, frames); 0: none.
+SALIENCY_SIGMA: tuple[float, float] = (3.0, 8.0)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+    """``maps`` [B, F, T] blurred by a separable Gaussian (std ``sigma`` in cells per axis,
+    kernel +-3 std, edges replicated). Hand-written on purpose: ten lines of conv1d, where
+    torchvision's ``gaussian_blur`` would add a dependency the streamer does not have."""
+    out = maps.unsqueeze(1)
+    for axis, sd in enumerate(sigma):
+        if sd <= 0:
+            continue
+        half = max(1, int(math.ceil(3 * sd)))
+        x = torch.arange(-half, half + 1, dtype=out.dtype, device=out.device)
+        k = torch.exp(-0.5 * (x / sd) ** 2)
+        k = (k / k.sum()).view(1, 1, -1, 1) if axis == 0 else (k / k.sum()).view(1, 1, 1, -1)
+        pad = (0, 0, half, half) if axis == 0 else (half, half, 0, 0)
+        out = F.conv2d(F.pad(out, pad, mode="replicate"), k)
+    return out.squeeze(1)
 
 
 # ----------------------------------------------------------------------------- mel axes
@@ -402,7 +425,7 @@ class CamPass:
                                  f"so {self.method} has nothing to differentiate (see the model "
                                  "contract)")
             if self.method == "saliency":
-                cam = grad.abs().amax(dim=1)
+                cam = gaussian_blur(grad.abs().amax(dim=1).float(), SALIENCY_SIGMA)
             else:
                 weights = grad.mean(dim=(2, 3), keepdim=True)
                 cam = F.relu((weights * self.acts.detach()).sum(dim=1, keepdim=True))

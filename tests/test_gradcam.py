@@ -108,16 +108,34 @@ def test_cam_range_shape_and_methods(served, waves) -> None:
 
 
 def test_saliency_is_input_gradient(served, waves) -> None:
-    """saliency == |d logit_c / d spectrogram| normalised, computed here by hand."""
+    """saliency == |d logit_c / d spectrogram|, Gaussian-smoothed (scipy's filter as the
+    reference), normalised; computed here by hand."""
+    from scipy.ndimage import gaussian_filter
+
     e = g.explain_windows(served, waves[:1], targets="angry", explain_method="saliency",
                           metrics=False)[0]
     x = waves[:1].clone().requires_grad_(True)
     logits, _, spec = served.module.explain(x)
     (grad,) = torch.autograd.grad(logits[0, 0], spec)
-    s = grad[0, 0].abs()
-    s = ((s - s.min()) / (s.max() - s.min())).numpy()
+    s = gaussian_filter(grad[0, 0].abs().double().numpy(), sigma=g.SALIENCY_SIGMA,
+                        mode="nearest", truncate=3.0)
+    s = (s - s.min()) / (s.max() - s.min())
     np.testing.assert_allclose(e.cam, s, atol=1e-5)
     assert e.target_name == "angry"
+
+
+@pytest.mark.parametrize("sigma", [(3.0, 8.0), (1.0, 0.0), (0.0, 2.5), (0.0, 0.0)])
+def test_gaussian_blur_equals_scipy(sigma) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    maps = torch.rand(2, 20, 50, generator=torch.Generator().manual_seed(0)) ** 4
+    got = g.gaussian_blur(maps, sigma).numpy()
+    for i in range(2):
+        ref = gaussian_filter(maps[i].double().numpy(), sigma=sigma, mode="nearest",
+                              truncate=3.0)
+        np.testing.assert_allclose(got[i], ref, atol=1e-6)
+    assert torch.allclose(g.gaussian_blur(torch.full((1, 5, 7), 0.3), sigma),
+                          torch.full((1, 5, 7), 0.3))
 
 
 def test_bad_input_errors(served, waves) -> None:
