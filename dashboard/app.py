@@ -377,7 +377,8 @@ def explanation_block(msg: dict[str, Any] | None, key: str) -> None:
     else:
         left.plotly_chart(fig, key=key, config={"displayModeBar": False})
     rows = figures.explanation_metrics(msg)
-    right.markdown(f"**Grad-CAM Analysis for class: {msg.get('class')}**  \n"
+    right.markdown(f"**{figures.method_name(msg.get('method'))} Analysis for class: "
+                   f"{msg.get('class')}**  \n"
                    f"method `{msg.get('method')}` · window #{msg.get('seq')}")
     right.table({"metric": list(rows), "value": list(rows.values())})
 

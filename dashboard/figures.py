@@ -141,6 +141,16 @@ def distribution_figure(counts: Mapping[str, int] | Counter, classes: Sequence[s
                    yaxis={"autorange": "reversed"}, showlegend=False)
 
 
+#: What each explanation method is called on screen (the protocol's ``method`` names).
+METHOD_NAMES = {"gradcam": "Grad-CAM", "vit-tokens": "Grad-CAM (tokens)",
+                "saliency": "Saliency"}
+
+
+def method_name(method: Any) -> str:
+    """The on-screen name of an explanation ``method`` (itself when unknown)."""
+    return METHOD_NAMES.get(str(method), str(method))
+
+
 def explanation_figure(msg: Mapping[str, Any]) -> Figure:
     """Log-mel spectrogram with the Grad-CAM overlay and the focus box of one explanation.
 
@@ -160,7 +170,8 @@ def explanation_figure(msg: Mapping[str, Any]) -> Figure:
          "hovertemplate": "%{x:.2f} s, band %{y}<br>log-mel %{z:.2f}<extra></extra>"},
         {"type": "heatmap", "z": cam.tolist(), "x": times, "y": bands,
          "colorscale": _CAM_SCALE, "zmin": 0, "zmax": 1, "name": "Grad-CAM",
-         "colorbar": {"title": {"text": "Grad-CAM"}, "len": 0.8, "thickness": 12},
+         "colorbar": {"title": {"text": method_name(msg.get("method"))}, "len": 0.8,
+                      "thickness": 12},
          "hovertemplate": "%{x:.2f} s, band %{y}<br>CAM %{z:.2f}<extra></extra>"},
     ]
     shapes, annotations = [], []
@@ -176,7 +187,7 @@ def explanation_figure(msg: Mapping[str, Any]) -> Figure:
                             "font": {"color": "#00B8D4", "size": 12}})
     step = max(1, len(freqs) // 6)
     ticks = bands[::step]
-    title = (f"Grad-CAM for class: {msg.get('class')} · {msg.get('method')} · "
+    title = (f"{method_name(msg.get('method'))} for class: {msg.get('class')} · "
              f"window #{msg.get('seq')}")
     return _figure(data, title, 320, shapes=shapes, annotations=annotations, showlegend=False,
                    yaxis={"tickvals": ticks, "ticktext": [_hz(freqs[i]) for i in ticks],

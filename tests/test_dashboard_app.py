@@ -239,6 +239,17 @@ def test_fed_stream_shows_current_emotion_timeline_explanation_and_health(
     assert sad["y"][-1] == pytest.approx(0.8)
 
 
+def test_an_explanation_is_titled_by_its_method() -> None:
+    from dashboard import figures
+
+    msg = explanation("s1", 3, "sad")
+    assert figures.explanation_figure(msg)["layout"]["title"]["text"].startswith(
+        "Grad-CAM for class: sad")
+    sal = figures.explanation_figure({**msg, "method": "saliency"})
+    assert sal["layout"]["title"]["text"].startswith("Saliency for class: sad")
+    assert sal["data"][1]["colorbar"]["title"]["text"] == "Saliency"
+
+
 @pytest.mark.timeout(60)
 def test_below_the_models_floor_the_emotion_reads_uncertain(offline_feed: Feed) -> None:
     """A card with a confidence floor: a steady 60 % "happy" under a 75 % floor shows as
