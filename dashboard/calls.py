@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboard.smoothing import DEFAULT_TAU_S, min_confidence
+from dashboard.smoothing import DEFAULT_TAU_S, min_confidence, shown
 from dashboard.smoothing import latest as smoothed_latest
 from dashboard.state import CallData, Prediction, Store, StreamData
 
@@ -367,16 +367,16 @@ def _side(d: StreamData, role: str, dyn: Mapping[str, Any] | None,
           floor: float = 0.0) -> Side:
     latest = d.predictions[-1] if d.predictions else None
     avg = smoothed_latest(d.predictions, tau_s)
-    label, conf = max(avg.items(), key=lambda kv: kv[1]) if avg else (None, None)
-    speaking = latest is not None and latest.voiced
+    now = shown(avg, floor)
+    speaking = latest is not None and latest.voiced and now is not None
     horizon = latest.t_end - TREND_WINDOW_S if latest else 0.0
     return Side(
         stream=d.key, role=role,
-        label=label if speaking else None,
-        confidence=conf if speaking else None,
-        last_label=label,
+        label=now.label if speaking else None,
+        confidence=now.confidence if speaking else None,
+        last_label=now.label if now else None,
         negative=negative_mass(avg) if avg else None,
-        uncertain=conf is not None and conf < floor,
+        uncertain=bool(now and now.uncertain),
         trend_per_min=_trend([(t, v) for t, v in points if v is not None and t >= horizon]),
         spark=tuple(points), ended=d.ended is not None,
         speaking=dyn.get("speaking") if dyn else None,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CHOICES_S", "DEFAULT_TAU_S", "HORIZON_TAUS", "Current", "Smoother", "current",
-           "latest", "min_confidence", "smoothed"]
+           "latest", "min_confidence", "shown", "smoothed"]
 
 #: The time constants offered (seconds; 0: each window) and measured (the smoothing probe).
 CHOICES_S = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
@@ -112,11 +112,15 @@ class Current:
     uncertain: bool
 
 
-def current(predictions: Sequence[Any], tau_s: float = DEFAULT_TAU_S,
-            floor: float = 0.0) -> Current | None:
-    """What to show at the latest voiced window (None: no voiced window yet)."""
-    avg = latest(predictions, tau_s)
+def shown(avg: Mapping[str, float] | None, floor: float = 0.0) -> Current | None:
+    """What to show for an averaged distribution ``avg`` (None: nothing to show)."""
     if not avg:
         return None
     label, conf = max(avg.items(), key=lambda kv: kv[1])
     return Current(label, conf, conf < floor)
+
+
+def current(predictions: Sequence[Any], tau_s: float = DEFAULT_TAU_S,
+            floor: float = 0.0) -> Current | None:
+    """What to show at the latest voiced window (None: no voiced window yet)."""
+    return shown(latest(predictions, tau_s), floor)
