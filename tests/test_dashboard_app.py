@@ -176,7 +176,11 @@ def offline_feed() -> Iterator[Feed]:
 
 @pytest.mark.timeout(60)
 def test_no_daemon_shows_a_clear_message_not_a_traceback() -> None:
-    feed = Feed([f"ws://127.0.0.1:{free_port()}"], backoff=(0.1, 0.5)).start()
+    # A port bound but not listening refuses connections, and nothing else (a daemon started
+    # by another test or another suite on this machine) can take it while the test runs.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    feed = Feed([f"ws://127.0.0.1:{holder.getsockname()[1]}"], backoff=(0.1, 0.5)).start()
     try:
         assert wait_for(lambda: feed.store.source(feed.urls[0]).state == "retrying")
         at = app(feed)
@@ -188,6 +192,7 @@ def test_no_daemon_shows_a_clear_message_not_a_traceback() -> None:
         assert "emotion-monitor demo" in text
     finally:
         feed.stop()
+        holder.close()
 
 
 @pytest.mark.timeout(60)
