@@ -10,7 +10,10 @@ The engine classifies every window with ``forward`` and then, for explained wind
   conv map + upsampling + CAM statistics) — the live explanation's extra cost;
 - ``gradcam+drops``: ``explain_windows(metrics=True)`` (plus STFT masking of two regions and one
   batched forward of both) — the paper's confidence drops, live;
-- ``payload``: ``explanation_payload`` + JSON encoding (8-bit 64 x 100 frames).
+- ``payload``: ``explanation_payload`` + JSON encoding (8-bit 64 x 100 frames);
+- ``saliency_blur`` / ``saliency_blur_x12``: the Gaussian smoothing of saliency maps
+  (``gradcam.gaussian_blur`` at ``SALIENCY_SIGMA``) on one / twelve maps of the model's grid,
+  part of the ``gradcam`` figure for saliency models (12: the daemon's batch at 12 streams).
 Without ``--model`` (or when it is missing) an untrained streaming CNN-LSTM of the served
 architecture is scripted here: the cost does not depend on the weights. Prints JSON (machine,
 settings, medians, p95s) and a one-line summary.
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     wave = (0.2 * env * sum(np.sin(2 * np.pi * 180 * k * t) / k for k in range(1, 6))
             + 0.003 * rng.standard_normal(n)).astype(np.float32)[None]
     expl = g.explain_windows(model, wave)[0]
+    maps = torch.rand(12, *expl.cam.shape, generator=torch.Generator().manual_seed(args.seed))
 
     results = {
         "forward": timeit(lambda: model.predict(wave), args.repeats),
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                                 args.repeats),
         "payload": timeit(lambda: protocol.encode(g.explanation_payload(expl, "s1", 0)),
                           args.repeats),
+        "saliency_blur": timeit(lambda: g.gaussian_blur(maps[:1], g.SALIENCY_SIGMA),
+                                args.repeats),
+        "saliency_blur_x12": timeit(lambda: g.gaussian_blur(maps, g.SALIENCY_SIGMA),
+                                    args.repeats),
     }
     payload_bytes = len(protocol.encode(g.explanation_payload(expl, "s1", 0)).encode())
     extra = results["gradcam"]["median_ms"] + results["payload"]["median_ms"]
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"model": str(args.model if args.model.exists() else
                                   "untrained streaming CNN-LSTM (served architecture)"),
                      "batch": 1, "window_samples": n, "spectrogram": list(expl.cam.shape),
-                     "method": expl.method, "repeats": args.repeats},
+                     "method": expl.method, "repeats": args.repeats,
+                     "saliency_sigma": list(g.SALIENCY_SIGMA)},
         "results": results,
         "payload_bytes": payload_bytes,
         "extra_ms_per_window": round(extra, 2),
@@ -149,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['gradcam']['min_ms']}, cpu {results['gradcam']['cpu_median_ms']}), +payload "
           f"{results['payload']['median_ms']} ms -> extra {extra:.1f} ms/window "
           f"({'PASS' if out['pass'] else 'FAIL'} <= 15 ms); with confidence drops "
-          f"{results['gradcam+drops']['median_ms']} ms; frame {payload_bytes} B; "
+          f"{results['gradcam+drops']['median_ms']} ms; frame {payload_bytes} B; saliency "
+          f"smoothing {results['saliency_blur']['median_ms']} ms (12 maps "
+          f"{results['saliency_blur_x12']['median_ms']} ms); "
           f"load {out['machine']['load_avg_1m']}")
     return 0
 
