@@ -16,22 +16,27 @@ before any test figure was read:** the lowest floor at which the shown labels of
 validation speakers are right at least ``TARGET`` of the time (mean of the 3 folds and both
 orders) -- a product choice: a label on screen should be right at least 4 times in 5.
 
-    .venv/bin/python docs/results/scripts/confidence_probe.py   # ~3 min once streams are cached
+    .venv/bin/python docs/results/scripts/confidence_probe.py   # ~10 min once the clean
+                                                                # streams are cached
 
 Writes ``runs/confidence/results.json`` and ``runs/confidence/confidence.html`` (accuracy
 against coverage per held-out set, Plotly). ``shipped_file``: the same figures for the head
 inside ``models/default.pt`` on SAVEE and URDU (a check that the probe's shipped-split head,
-trained on clean stream windows only, behaves like the served one).
+trained on clean stream windows only, behaves like the served one). ``telephone``: the held-out
+RAVDESS, SAVEE and URDU voices' episodes streams again through the telephone band (8-kHz
+G.711 mu-law, the whole stream, as a call centre records it), scored at the same floor (TESS's
+two 1-hour streams are left out there to save encoder time).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import zlib
 
 # isort: off
 from smoothing_probe import (  # OMP_WAIT_POLICY first (through probe_setup)
-    DATA, ENCODER, ORDERS, RECIPE, REPO, ema, speaker_streams)
+    DATA, ENCODER, ORDERS, RECIPE, REPO, ema, episode_order, speaker_streams)
 # isort: on
 
 import numpy as np  # noqa: E402
@@ -40,7 +45,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from dashboard.smoothing import DEFAULT_TAU_S  # noqa: E402
 from train import crosscorpus as cc  # noqa: E402
-from train.whisper_train import build_pool  # noqa: E402
+from train.embeddings import embed_stream  # noqa: E402
+from train.whisper_train import STREAM_TRAIN_HOP, build_pool  # noqa: E402
 
 FLOORS = tuple(round(0.30 + 0.05 * i, 2) for i in range(11))  # 0.30 ... 0.80
 TARGET = 0.80
@@ -60,6 +66,21 @@ def windows(head, streams: dict, speakers, classes: list[int], order: str
         conf.append(p.max(1))
         right.append(np.asarray(classes)[p.argmax(1)] == y[keep])
     return np.concatenate(conf), np.concatenate(right)
+
+
+def telephone_streams(pool: cc.Pool, speakers) -> dict[str, dict]:
+    """{"episodes": speaker -> (features, labels)}: the speakers' episodes streams (the same
+    clips, order and gaps as ``speaker_streams``) through the telephone band."""
+    out = {}
+    for spk in speakers:
+        rows = np.flatnonzero(pool.speaker == spk)
+        seed = zlib.crc32(str(spk).encode())
+        utts = [pool.utts[i] for i in rows]
+        order = episode_order(pool.label[rows], seed)
+        out[str(spk)] = embed_stream([utts[i] for i in order], ENCODER, "ulaw",
+                                     hop=STREAM_TRAIN_HOP, seed=seed, progress=False,
+                                     shuffle=False)
+    return {"episodes": out}
 
 
 def curve(conf: np.ndarray, right: np.ndarray) -> dict:
@@ -131,6 +152,10 @@ def main() -> int:
             cls = sorted(train_classes & set(pool.label[rows].tolist()))
             by_order = {o: curve(*windows(head, streams, np.unique(pool.speaker[rows]), cls, o))
                         for o in ORDERS}
+            if name != "tess":
+                tel = telephone_streams(pool, np.unique(pool.speaker[rows]))
+                by_order["episodes_telephone"] = curve(*windows(
+                    head, tel, np.unique(pool.speaker[rows]), cls, "episodes"))
             results["tests"][key][name] = by_order
             c = by_order["episodes"]["floors"][f"{floor:.2f}"]
             print(f"{key} -> {name}: AUROC {by_order['episodes']['auroc']:.3f} / "
