@@ -179,8 +179,7 @@ def sidebar(cfg: argparse.Namespace, feed: Feed) -> dict[str, Any]:
 
 def floors(sources: list[Any], on: bool = True) -> dict[str, float]:
     """Each daemon's model confidence floor (its card in ``hello``; 0 when off or none)."""
-    return {s.url: smoothing.min_confidence((s.hello or {}).get("model")) if on else 0.0
-            for s in sources}
+    return {s.url: s.min_confidence if on else 0.0 for s in sources}
 
 
 def navigation(sb: Any) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboard.smoothing import DEFAULT_TAU_S, min_confidence, shown
+from dashboard.smoothing import DEFAULT_TAU_S, shown
 from dashboard.smoothing import latest as smoothed_latest
 from dashboard.state import CallData, Prediction, Store, StreamData
 
@@ -270,7 +270,7 @@ def tile(store: Store, key: str, tau_s: float = DEFAULT_TAU_S,
 def _floor(store: Store, source: str) -> float:
     """The confidence floor of the model on ``source`` (its card in ``hello``; 0: none)."""
     state = store.sources.get(source)
-    return min_confidence((state.hello or {}).get("model") if state else None)
+    return state.min_confidence if state else 0.0
 
 
 def calls_of(store: Store) -> dict[str, tuple[str, str, list[StreamData]]]:

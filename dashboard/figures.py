@@ -68,14 +68,14 @@ def timeline_figure(predictions: Sequence[Prediction], classes: Sequence[str],
     stretches without speech are shaded, so silence never reads as "neutral".
     """
     preds = list(predictions)
+    lead = 0  # windows before the first one shown that its average still needs
     if preds and last_s is not None:
         ends = [p.t_end for p in preds]
-        # the average at the first window shown needs HORIZON_TAUS time constants before it
-        preds = preds[bisect_left(ends, ends[-1] - last_s - HORIZON_TAUS * tau_s):]
+        start = bisect_left(ends, ends[-1] - last_s - HORIZON_TAUS * tau_s)
+        lead = bisect_left(ends, ends[-1] - last_s) - start
+        preds = preds[start:]
     shown = smoothed([(p.t_end, p.probs if p.voiced else None) for p in preds], tau_s)
-    if preds and last_s is not None:
-        first = bisect_left([p.t_end for p in preds], preds[-1].t_end - last_s)
-        preds, shown = preds[first:], shown[first:]
+    preds, shown = preds[lead:], shown[lead:]
     if tau_s > 0:
         title = f"{title} · averaged over {tau_s:g} s"
     xs: list[float | None] = []

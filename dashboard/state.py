@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboard.alerts import Alert, AlertEngine, CallObservation, Observation, SideObservation
+from dashboard.smoothing import min_confidence
 
 # About 10 minutes of history per stream at the default 0.5 s hop.
 DEFAULT_MAX_PREDICTIONS = 1200
@@ -119,6 +120,11 @@ class SourceState:
     next_retry_at: float | None = None
     clients: int | None = None
     last_message_at: float | None = None
+
+    @property
+    def min_confidence(self) -> float:
+        """The confidence floor of the model this daemon serves (its card; 0: none)."""
+        return min_confidence((self.hello or {}).get("model"))
 
 
 class Store:

@@ -80,8 +80,8 @@ def validate_card(card: Any, path: Path | str = "<card>") -> dict:
     if low is not None and not (isinstance(low, dict) and isinstance(low.get("bfloat16", []), list)
                                 and all(isinstance(n, str) for n in low.get("bfloat16", []))):
         raise ModelError(f"{path}: card 'precision' must be {{\"bfloat16\": [submodule names]}}")
-    floor = (card.get("display") or {}).get("min_confidence", 0.0) \
-        if isinstance(card.get("display") or {}, dict) else None
+    display = card.get("display") or {}
+    floor = display.get("min_confidence", 0.0) if isinstance(display, dict) else None
     if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor < 1:
         raise ModelError(f"{path}: card 'display' must be {{\"min_confidence\": a number in "
                          "[0, 1)}")

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import json
 import sys
-import zlib
 
 # isort: off
 from smoothing_probe import (  # OMP_WAIT_POLICY first (through probe_setup)
-    DATA, ENCODER, ORDERS, RECIPE, REPO, ema, episode_order, speaker_streams)
+    DATA, ENCODER, ORDERS, RECIPE, REPO, speaker_stream, speaker_streams, window_probs)
 # isort: on
 
 import numpy as np  # noqa: E402
@@ -45,8 +44,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from dashboard.smoothing import DEFAULT_TAU_S  # noqa: E402
 from train import crosscorpus as cc  # noqa: E402
-from train.embeddings import embed_stream  # noqa: E402
-from train.whisper_train import STREAM_TRAIN_HOP, build_pool  # noqa: E402
+from train.whisper_train import build_pool  # noqa: E402
 
 FLOORS = tuple(round(0.30 + 0.05 * i, 2) for i in range(11))  # 0.30 ... 0.80
 TARGET = 0.80
@@ -60,9 +58,7 @@ def windows(head, streams: dict, speakers, classes: list[int], order: str
     for spk in speakers:
         f, y = streams[order][str(spk)]
         keep = np.isin(y, classes)
-        logits = head.logits(f[:, RECIPE.pooling, RECIPE.block])[:, classes]
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p = ema(p / p.sum(1, keepdims=True), DEFAULT_TAU_S)[keep]
+        p = window_probs(head, f, classes, DEFAULT_TAU_S)[keep]
         conf.append(p.max(1))
         right.append(np.asarray(classes)[p.argmax(1)] == y[keep])
     return np.concatenate(conf), np.concatenate(right)
@@ -71,16 +67,8 @@ def windows(head, streams: dict, speakers, classes: list[int], order: str
 def telephone_streams(pool: cc.Pool, speakers) -> dict[str, dict]:
     """{"episodes": speaker -> (features, labels)}: the speakers' episodes streams (the same
     clips, order and gaps as ``speaker_streams``) through the telephone band."""
-    out = {}
-    for spk in speakers:
-        rows = np.flatnonzero(pool.speaker == spk)
-        seed = zlib.crc32(str(spk).encode())
-        utts = [pool.utts[i] for i in rows]
-        order = episode_order(pool.label[rows], seed)
-        out[str(spk)] = embed_stream([utts[i] for i in order], ENCODER, "ulaw",
-                                     hop=STREAM_TRAIN_HOP, seed=seed, progress=False,
-                                     shuffle=False)
-    return {"episodes": out}
+    return {"episodes": {str(spk): speaker_stream(pool, spk, "episodes", "ulaw")
+                         for spk in speakers}}
 
 
 def curve(conf: np.ndarray, right: np.ndarray) -> dict:

@@ -72,20 +72,27 @@ def episode_order(labels: np.ndarray, seed: int) -> list[int]:
     return order
 
 
+def speaker_stream(pool: cc.Pool, spk: str, order: str, variant: str = "clean"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of speaker ``spk``'s stream windows in time order, clips in
+    ``order``; ``shuffled`` clean is exactly the training stream (same seed, same cache)."""
+    rows = np.flatnonzero(pool.speaker == spk)
+    seed = zlib.crc32(str(spk).encode())
+    utts = [pool.utts[i] for i in rows]
+    if order == "shuffled":
+        return embed_stream(utts, ENCODER, variant, hop=STREAM_TRAIN_HOP, seed=seed,
+                            progress=False)
+    return embed_stream([utts[i] for i in episode_order(pool.label[rows], seed)], ENCODER,
+                        variant, hop=STREAM_TRAIN_HOP, seed=seed, progress=False,
+                        shuffle=False)
+
+
 def speaker_streams(pool: cc.Pool) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """order -> speaker -> (features, labels) of the speaker's clean stream windows in time
-    order; ``shuffled`` is exactly the training streams (same seed, same cache)."""
+    """order -> speaker -> (features, labels) of every speaker's clean stream windows."""
     out: dict[str, dict] = {o: {} for o in ORDERS}
     for spk in tqdm(list(dict.fromkeys(pool.speaker.tolist())), desc="streams", unit="speaker"):
-        rows = np.flatnonzero(pool.speaker == spk)
-        seed = zlib.crc32(spk.encode())
-        utts = [pool.utts[i] for i in rows]
-        out["shuffled"][spk] = embed_stream(utts, ENCODER, "clean", hop=STREAM_TRAIN_HOP,
-                                            seed=seed, progress=False)
-        order = episode_order(pool.label[rows], seed)
-        out["episodes"][spk] = embed_stream([utts[i] for i in order], ENCODER, "clean",
-                                            hop=STREAM_TRAIN_HOP, seed=seed, progress=False,
-                                            shuffle=False)
+        for o in ORDERS:
+            out[o][spk] = speaker_stream(pool, spk, o)
     return out
 
 
@@ -94,6 +101,14 @@ def ema(prob: np.ndarray, tau: float) -> np.ndarray:
     rows = smoothed([(i * HOP_S, dict(enumerate(p.tolist()))) for i, p in enumerate(prob)],
                     tau)
     return np.array([[r[c] for c in range(prob.shape[1])] for r in rows])
+
+
+def window_probs(head, f: np.ndarray, classes: list[int], tau: float) -> np.ndarray:
+    """The head's probabilities over ``classes`` for a stream's windows ``f`` (time order),
+    averaged over ``tau`` seconds as the dashboard does."""
+    logits = head.logits(f[:, RECIPE.pooling, RECIPE.block])[:, classes]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return ema(p / p.sum(1, keepdims=True), tau)
 
 
 def stream_scores(head, streams: dict, speakers, classes) -> dict:
@@ -105,12 +120,9 @@ def stream_scores(head, streams: dict, speakers, classes) -> dict:
         for spk in speakers:
             f, y = streams[order][str(spk)]
             keep = np.isin(y, classes)
-            logits = head.logits(f[:, RECIPE.pooling, RECIPE.block])[:, classes]
-            p = np.exp(logits - logits.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
             ys.append(y[keep])
             for t in TAUS:
-                probs[t].append(ema(p, t)[keep])
+                probs[t].append(window_probs(head, f, classes, t)[keep])
         y = np.concatenate(ys)
         out[order] = {f"{t:g}": cc.metrics(y, np.asarray(classes)[np.concatenate(probs[t])
                                                                    .argmax(1)], classes)
