@@ -11,12 +11,16 @@ the speaker's whole set. Offline that set is balanced over emotions; a real call
 script replays each held-out speaker as a stream of 3-s windows (one clip each, drawn with
 replacement) under three emotion mixes -- balanced, 70 % neutral, 70 % angry (a caller angry
 most of the call) -- and scores, at every position k of the stream, (a) the global head,
-(b) the per-speaker head with statistics of the first k windows only, shrunk towards the
-training speakers' average statistics with ``PRIOR_WINDOWS`` pseudo-windows (as served).
+(b) the per-speaker head with plain statistics of the first k windows, shrunk towards the
+training speakers' average statistics with ``PRIOR_WINDOWS`` pseudo-windows (the served path
+until the balanced moments), (c) the same with each emotion weighing the same in those
+statistics (``streamer.stream_norm.balanced_moments``, as served).
 
 Held out: RAVDESS actor folds (head trained on TESS + the other actors), TESS actresses (head
 on the other actress + RAVDESS), SAVEE (head on TESS + RAVDESS). The block, pooling, C and
-augmentation are the served model's (``RUN/config.json``, chosen on its training speakers).
+augmentation are the served model's (``RUN/config.json``, chosen on its training speakers). With
+``--validation`` the streams are instead the validation speakers of the shipped training side
+(TESS + RAVDESS in the recipe's 3 grouped folds), where the choice between (b) and (c) was made.
 Prints JSON and a one-line summary; writes a Plotly HTML of accuracy vs seconds of speech.
 """
 
@@ -38,6 +42,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streamer.stream_norm import BALANCE_ALPHA, balanced_moments  # noqa: E402
 from train import crosscorpus as cc  # noqa: E402
 from train.corpus import EMOTIONS  # noqa: E402
 from train.whisper_train import add_streams, build_pool  # noqa: E402
@@ -62,16 +67,56 @@ def stream_rows(rows: np.ndarray, labels: np.ndarray, n: int, mix: str | None,
     return np.array([rng.choice(rows[labels == e]) for e in picks])
 
 
+def running_balanced(x: np.ndarray, probs: np.ndarray, prior_mean: np.ndarray,
+                     prior_std: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean/std of windows 1..k as served: emotion-balanced moments
+    (``streamer.stream_norm.balanced_moments``, each window counted towards the emotions the
+    global head gives it) shrunk towards the prior like ``cc.shrunk_moments``."""
+    counts = np.cumsum(probs, axis=0)  # [K, C]
+    totals = np.cumsum(probs[:, :, None] * x[:, None, :], axis=0)  # [K, C, D]
+    squares = np.cumsum(probs[:, :, None] * (x * x)[:, None, :], axis=0)
+    mean, square = balanced_moments(counts, totals, squares)
+    k = np.arange(1, len(x) + 1)
+    return cc.shrunk_moments(k, k[:, None] * mean, k[:, None] * square, prior_mean, prior_std,
+                             prior)
+
+
 def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
                    spk_head: cc.LinearHead, prior_mean: np.ndarray, prior_std: np.ndarray,
-                   prior: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per position k: correct under the global head, and under the speaker head with the
-    first k windows' statistics shrunk towards the prior (``prior`` pseudo-windows)."""
+                   prior: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per position k: correct under the global head, under the speaker head with the first k
+    windows' statistics shrunk towards the prior (``prior`` pseudo-windows), and the same with
+    emotion-balanced statistics (``running_balanced``)."""
     mean, std = cc.shrunk_moments(np.arange(1, len(x) + 1), np.cumsum(x, axis=0),
                                   np.cumsum(x * x, axis=0), prior_mean, prior_std, prior)
-    g = global_head.logits(x).argmax(1) == y
+    logits = global_head.logits(x)
+    g = logits.argmax(1) == y
     s = spk_head.logits((x - mean) / (std + 1e-5)).argmax(1) == y
-    return g, s
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    bmean, bstd = running_balanced(x, probs, prior_mean, prior_std, prior)
+    b = spk_head.logits((x - bmean) / (bstd + 1e-5)).argmax(1) == y
+    return g, s, b
+
+
+def test_splits(pool: cc.Pool) -> list[tuple[str, cc.Split]]:
+    """The held-out voices: RAVDESS actor folds, TESS actresses, SAVEE."""
+    held = [("ravdess", s) for s in cc.splits(pool, ["ravdess-ai"])]
+    held += [("tess", s) for s in cc.splits(pool, ["tess-si"]) if "RAVDESS" in s.name]
+    return held + [("savee", s) for s in cc.splits(pool, ["loco"]) if "savee" in s.tests]
+
+
+def validation_splits(pool: cc.Pool) -> list[tuple[str, cc.Split]]:
+    """The shipped recipe's training side (TESS + RAVDESS) in the recipe's 3 grouped folds of
+    speakers: each fold's speakers are streamed, heads trained on the others. Choices about
+    per-stream normalisation are made here, not on the held-out voices."""
+    train = next(iter(cc.splits(pool, ["shipped"]))).train
+    out = []
+    for i, val_speakers in enumerate(cc.inner_folds(pool.speaker[train])):
+        val = np.isin(pool.speaker[train], val_speakers)
+        out.append(("validation", cc.Split("validation", f"shipped training side, fold {i}",
+                                           train[~val], {"validation": train[val]})))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=20, help="random streams per speaker and mix")
     p.add_argument("--length", type=int, default=max(POSITIONS))
     p.add_argument("--out", default=None)
+    p.add_argument("--validation", action="store_true",
+                   help="stream the validation speakers of the shipped training side instead "
+                        "of the held-out voices (where choices are made)")
     args = p.parse_args(argv)
     t0 = time.time()
     cfg = json.loads((Path(args.run) / "config.json").read_text())
@@ -91,12 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     pool = build_pool(args.data, args.encoder, progress=False)
     if choice.stream_mix:
         add_streams(pool, args.encoder, progress=False)
-    held = [("ravdess", s) for s in cc.splits(pool, ["ravdess-ai"])]
-    held += [("tess", s) for s in cc.splits(pool, ["tess-si"]) if "RAVDESS" in s.name]
-    held += [("savee", s) for s in cc.splits(pool, ["loco"]) if "savee" in s.tests]
+    held = validation_splits(pool) if args.validation else test_splits(pool)
     rng = np.random.default_rng(0)
-    curves: dict[str, dict[str, list[list[float]]]] = {m: {"global": [], "speaker": []}
-                                                        for m in MIXES}
+    curves: dict[str, dict[str, list[list[float]]]] = {
+        m: {"global": [], "speaker": [], "balanced": []} for m in MIXES}
     for corpus, split in held:
         train = split.train
         if corpus == "savee":  # the shipped recipe: TESS + RAVDESS only
@@ -111,27 +157,26 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.streams):
                     picked = stream_rows(srows, pool.label[srows], args.length, target, rng)
                     x = pool.feats["clean"][picked, choice.pooling, choice.block]
-                    g, s = running_scores(x, pool.label[picked], g_head, s_head, prior_mean,
-                                          prior_std, cc.PRIOR_WINDOWS)
-                    curves[mix]["global"].append(g.astype(float).tolist())
-                    curves[mix]["speaker"].append(s.astype(float).tolist())
+                    scores = running_scores(x, pool.label[picked], g_head, s_head, prior_mean,
+                                            prior_std, cc.PRIOR_WINDOWS)
+                    for head, ok in zip(("global", "speaker", "balanced"), scores, strict=True):
+                        curves[mix][head].append(ok.astype(float).tolist())
     result = {"benchmark": "stream_norm", "machine": platform.platform(),
               "settings": {"choice": cfg["choice"], "stream_choice": asdict(spk_choice),
                            "streams_per_speaker_mix": args.streams,
                            "length_windows": args.length, "prior_windows": cc.PRIOR_WINDOWS,
-                           "window_s": WINDOW_S, "held_out": [f"{c}: {s.name}" for c, s in held]},
+                           "window_s": WINDOW_S, "balance_alpha": BALANCE_ALPHA,
+                           "voices": "validation" if args.validation else "held out",
+                           "held_out": [f"{c}: {s.name}" for c, s in held]},
               "accuracy": {}}
     for mix, c in curves.items():
-        g = np.asarray(c["global"]).mean(0)
-        s = np.asarray(c["speaker"]).mean(0)
-        result["accuracy"][mix] = {
-            "n_streams": len(c["global"]),
-            "seconds": [k * WINDOW_S for k in POSITIONS],
-            "global": [round(float(g[k - 1]), 4) for k in POSITIONS],
-            "speaker_norm": [round(float(s[k - 1]), 4) for k in POSITIONS],
-            "global_mean_all": round(float(g.mean()), 4),
-            "speaker_norm_mean_all": round(float(s.mean()), 4),
-        }
+        result["accuracy"][mix] = {"n_streams": len(c["global"]),
+                                   "seconds": [k * WINDOW_S for k in POSITIONS]}
+        for head, key in (("global", "global"), ("speaker", "speaker_norm"),
+                          ("balanced", "speaker_norm_balanced")):
+            acc = np.asarray(c[head]).mean(0)
+            result["accuracy"][mix][key] = [round(float(acc[k - 1]), 4) for k in POSITIONS]
+            result["accuracy"][mix][f"{key}_mean_all"] = round(float(acc.mean()), 4)
     result["seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=1)
     print(text)
@@ -141,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fig = go.Figure()
         for mix, c in curves.items():
-            for head in ("global", "speaker"):
+            for head in ("global", "speaker", "balanced"):
                 acc = np.asarray(c[head]).mean(0)
                 fig.add_trace(go.Scatter(x=np.arange(1, len(acc) + 1) * WINDOW_S, y=100 * acc,
                                          name=f"{mix}, {head}", mode="lines",
@@ -152,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         fig.write_html(Path(args.out).with_suffix(".html"), include_plotlyjs="cdn")
     b = result["accuracy"]["balanced"]
     a = result["accuracy"]["70% angry"]
+    n = result["accuracy"]["70% neutral"]
     print(f"stream_norm: balanced streams {100 * b['global_mean_all']:.1f} % global vs "
-          f"{100 * b['speaker_norm_mean_all']:.1f} % per-stream norm; 70 % angry "
-          f"{100 * a['global_mean_all']:.1f} vs {100 * a['speaker_norm_mean_all']:.1f} %; "
+          f"{100 * b['speaker_norm_mean_all']:.1f} % per-stream norm "
+          f"({100 * b['speaker_norm_balanced_mean_all']:.1f} emotion-balanced); 70 % angry "
+          f"{100 * a['global_mean_all']:.1f} vs {100 * a['speaker_norm_mean_all']:.1f} % "
+          f"({100 * a['speaker_norm_balanced_mean_all']:.1f}); 70 % neutral "
+          f"{100 * n['global_mean_all']:.1f} vs {100 * n['speaker_norm_mean_all']:.1f} % "
+          f"({100 * n['speaker_norm_balanced_mean_all']:.1f}); "
           f"first window {100 * b['global'][0]:.1f} vs {100 * b['speaker_norm'][0]:.1f} %")
     return 0
 

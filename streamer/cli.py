@@ -93,8 +93,9 @@ def _register_stream(sub: Any) -> None:
                    help="Grad-CAM every N-th voiced window of a stream; 0 = off (default 1)")
     m.add_argument("--stream-norm", action="store_true",
                    help="standardise each stream's features by its own running statistics "
-                   "(models whose card offers it). Off by default: it helps streams balanced "
-                   "over emotions and hurts streams dominated by one (benchmarks/stream_norm.py)")
+                   "(models whose card offers it; each emotion weighs the same in them). Off by "
+                   "default: after a minute it helps streams that swing between emotions and "
+                   "still costs a few points where one dominates (benchmarks/stream_norm.py)")
     m.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
                    help="voice activity detection (default silero)")
     m.add_argument("--vad-threshold", type=float, default=0.5,

@@ -49,9 +49,9 @@ class Engine:
         if explain_every < 0:
             raise ValueError("explain_every must be >= 0")
         self.model = model
-        # Per-stream normalisation: off by default. Measured (benchmarks/stream_norm.py): +6-8
-        # points after a minute of a stream balanced over emotions, but -18 to -20 points after
-        # 2 minutes of a stream that is 70 % one emotion, which is what calls are.
+        # Per-stream normalisation: off by default. Measured (benchmarks/stream_norm.py, its
+        # balanced moments): +8 points after a minute of a stream balanced over emotions, but
+        # -1 to -3 points on a stream that is 70 % one emotion, which is what calls are.
         self.norm = StreamNorm(model) if stream_norm else None
         self.vad = Vad(vad, model.sample_rate) if vad is not None else None
         self.explain_every = explain_every

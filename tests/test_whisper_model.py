@@ -219,6 +219,46 @@ def test_stream_norm_is_batch_invariant_and_per_stream(stream_model) -> None:
     assert together.windows_seen("a") == 0
 
 
+def test_balanced_moments_weigh_each_emotion_the_same() -> None:
+    from streamer.stream_norm import balanced_moments
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 2, (12, 4))
+    # the same emotion weights on every window: every emotion's moments are the plain ones
+    probs = np.tile([0.5, 0.3, 0.2], (12, 1))
+    mean, square = balanced_moments(probs.sum(0), (probs[:, :, None] * x[:, None]).sum(0),
+                                    (probs[:, :, None] * (x * x)[:, None]).sum(0))
+    assert np.allclose(mean, x.mean(0)) and np.allclose(square, (x * x).mean(0))
+    # 9 windows of one emotion at +1, 3 of another at -1: the plain mean is 0.5; balanced,
+    # each emotion weighs n / (n + 1): (0.9 - 0.75) / 1.65
+    x = np.r_[np.ones(9), -np.ones(3)][:, None]
+    probs = np.r_[np.tile([1.0, 0.0], (9, 1)), np.tile([0.0, 1.0], (3, 1))]
+    mean, square = balanced_moments(probs.sum(0), (probs[:, :, None] * x[:, None]).sum(0),
+                                    (probs[:, :, None] * (x * x)[:, None]).sum(0))
+    assert np.allclose(mean, 0.15 / 1.65) and np.allclose(square, 1.0)
+
+
+def test_stream_norm_uses_the_balanced_moments_of_its_stream(stream_model) -> None:
+    from streamer.stream_norm import StreamNorm, balanced_moments
+    from train.crosscorpus import shrunk_moments
+
+    m = stream_model.module
+    x = _waves(3).numpy()
+    norm = StreamNorm(stream_model)
+    _, mean, std = norm.predict(["a", "a", "a"], x)
+    with torch.inference_mode():
+        f = m.embed(torch.from_numpy(x)).double().numpy()
+        probs = torch.softmax(m.classify(torch.from_numpy(f).float()), -1).double().numpy()
+    k = 3
+    bal_mean, bal_sq = balanced_moments(probs.sum(0), (probs[:, :, None] * f[:, None]).sum(0),
+                                        (probs[:, :, None] * (f * f)[:, None]).sum(0))
+    ref_m, ref_s = shrunk_moments(np.array([k]), k * bal_mean[None], k * bal_sq[None],
+                                  m.prior_mean.numpy(), m.prior_std.numpy(),
+                                  stream_model.card["stream_norm"]["prior_windows"])
+    assert np.allclose(mean[2].numpy(), ref_m[0], atol=1e-4)
+    assert np.allclose(std[2].numpy(), ref_s[0], rtol=1e-3, atol=1e-4)
+
+
 def test_engine_explains_the_label_it_sent(stream_model) -> None:
     from streamer.engine import Engine
     from streamer.windows import Window

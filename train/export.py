@@ -503,7 +503,8 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
             "prior_windows": PRIOR_WINDOWS,
             "choice": cfg.get("stream_choice_label"),
             "note": "per-stream standardisation of the pooled features by the stream's running "
-                    "statistics (voiced windows), shrunk towards the training speakers' average "
+                    "statistics (voiced windows; the daemon weighs each emotion the same in them, "
+                    "streamer/stream_norm.py), shrunk towards the training speakers' average "
                     "with prior_windows pseudo-windows; a second head trained on per-speaker "
                     "standardised features",
         } if stream_norm else None,
