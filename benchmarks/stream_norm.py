@@ -50,6 +50,9 @@ from train.whisper_train import add_streams, build_pool  # noqa: E402
 POSITIONS = (1, 2, 3, 5, 10, 20, 40)
 MIXES = {"balanced": None, "70% neutral": "neutral", "70% angry": "angry"}
 WINDOW_S = 3.0
+#: curve -> its key in the JSON
+HEADS = {"global": "global", "speaker": "speaker_norm", "balanced": "speaker_norm_balanced",
+         "blend": "blend_global_balanced"}
 
 
 def stream_rows(rows: np.ndarray, labels: np.ndarray, n: int, mix: str | None,
@@ -83,10 +86,11 @@ def running_balanced(x: np.ndarray, probs: np.ndarray, prior_mean: np.ndarray,
 
 def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
                    spk_head: cc.LinearHead, prior_mean: np.ndarray, prior_std: np.ndarray,
-                   prior: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   prior: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per position k: correct under the global head, under the speaker head with the first k
-    windows' statistics shrunk towards the prior (``prior`` pseudo-windows), and the same with
-    emotion-balanced statistics (``running_balanced``)."""
+    windows' statistics shrunk towards the prior (``prior`` pseudo-windows), the same with
+    emotion-balanced statistics (``running_balanced``), and under the mean of the global and
+    the balanced heads' probabilities ("blend")."""
     mean, std = cc.shrunk_moments(np.arange(1, len(x) + 1), np.cumsum(x, axis=0),
                                   np.cumsum(x * x, axis=0), prior_mean, prior_std, prior)
     logits = global_head.logits(x)
@@ -95,8 +99,11 @@ def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     bmean, bstd = running_balanced(x, probs, prior_mean, prior_std, prior)
-    b = spk_head.logits((x - bmean) / (bstd + 1e-5)).argmax(1) == y
-    return g, s, b
+    b_logits = spk_head.logits((x - bmean) / (bstd + 1e-5))
+    b_probs = np.exp(b_logits - b_logits.max(1, keepdims=True))
+    b_probs /= b_probs.sum(1, keepdims=True)
+    blend = (probs + b_probs).argmax(1) == y
+    return g, s, b_logits.argmax(1) == y, blend
 
 
 def test_splits(pool: cc.Pool) -> list[tuple[str, cc.Split]]:
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     held = validation_splits(pool) if args.validation else test_splits(pool)
     rng = np.random.default_rng(0)
     curves: dict[str, dict[str, list[list[float]]]] = {
-        m: {"global": [], "speaker": [], "balanced": []} for m in MIXES}
+        m: {"global": [], "speaker": [], "balanced": [], "blend": []} for m in MIXES}
     for corpus, split in held:
         train = split.train
         if corpus == "savee":  # the shipped recipe: TESS + RAVDESS only
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     x = pool.feats["clean"][picked, choice.pooling, choice.block]
                     scores = running_scores(x, pool.label[picked], g_head, s_head, prior_mean,
                                             prior_std, cc.PRIOR_WINDOWS)
-                    for head, ok in zip(("global", "speaker", "balanced"), scores, strict=True):
+                    for head, ok in zip(HEADS, scores, strict=True):
                         curves[mix][head].append(ok.astype(float).tolist())
     result = {"benchmark": "stream_norm", "machine": platform.platform(),
               "settings": {"choice": cfg["choice"], "stream_choice": asdict(spk_choice),
@@ -172,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for mix, c in curves.items():
         result["accuracy"][mix] = {"n_streams": len(c["global"]),
                                    "seconds": [k * WINDOW_S for k in POSITIONS]}
-        for head, key in (("global", "global"), ("speaker", "speaker_norm"),
-                          ("balanced", "speaker_norm_balanced")):
+        for head, key in HEADS.items():
             acc = np.asarray(c[head]).mean(0)
             result["accuracy"][mix][key] = [round(float(acc[k - 1]), 4) for k in POSITIONS]
             result["accuracy"][mix][f"{key}_mean_all"] = round(float(acc.mean()), 4)
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fig = go.Figure()
         for mix, c in curves.items():
-            for head in ("global", "speaker", "balanced"):
+            for head in HEADS:
                 acc = np.asarray(c[head]).mean(0)
                 fig.add_trace(go.Scatter(x=np.arange(1, len(acc) + 1) * WINDOW_S, y=100 * acc,
                                          name=f"{mix}, {head}", mode="lines",
@@ -204,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * a['global_mean_all']:.1f} vs {100 * a['speaker_norm_mean_all']:.1f} % "
           f"({100 * a['speaker_norm_balanced_mean_all']:.1f}); 70 % neutral "
           f"{100 * n['global_mean_all']:.1f} vs {100 * n['speaker_norm_mean_all']:.1f} % "
-          f"({100 * n['speaker_norm_balanced_mean_all']:.1f}); "
+          f"({100 * n['speaker_norm_balanced_mean_all']:.1f}); blend of global and balanced: "
+          f"{100 * b['blend_global_balanced_mean_all']:.1f} / "
+          f"{100 * a['blend_global_balanced_mean_all']:.1f} / "
+          f"{100 * n['blend_global_balanced_mean_all']:.1f}; "
           f"first window {100 * b['global'][0]:.1f} vs {100 * b['speaker_norm'][0]:.1f} %")
     return 0
 
