@@ -19,7 +19,11 @@ four) are reported either way. Then, for the shipped head on SAVEE and URDU: how
 unlabelled clips of the new corpus the statistics need (``SITE_CLIPS``, ``DRAWS`` random draws
 each), and what a site that is mostly neutral does to them (70 % neutral draws of 100 clips),
 with plain moments and with each emotion weighing the same by the global head's soft labels
-(``streamer.stream_norm.balanced_moments``, as the per-stream path serves). One run:
+(``streamer.stream_norm.balanced_moments``, as the per-stream path serves). Last, the same
+question with the served recipe's stream windows in training (weight 1, version 3): clips
+standardised by their corpus's clip statistics and stream windows by their corpus's window
+statistics (per variant: a telephone site's statistics are of telephone audio), against
+version 3's recipe, on the same validation and test splits, clips and stream windows. One run:
 
     .venv/bin/python docs/results/scripts/corpus_norm_probe.py > runs/corpus_norm.log 2>&1
 
@@ -28,6 +32,7 @@ Writes ``runs/corpus_norm/results.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -41,7 +46,7 @@ import torch  # noqa: E402
 from streamer.stream_norm import balanced_moments  # noqa: E402
 from train import crosscorpus as cc  # noqa: E402
 from train.corpus import EMOTIONS  # noqa: E402
-from train.whisper_train import build_pool  # noqa: E402
+from train.whisper_train import add_streams, build_pool  # noqa: E402
 
 OUT = REPO / "runs" / "corpus_norm"
 ARMS = ("none", "corpus", "speaker")
@@ -127,6 +132,51 @@ def site_statistics(pool: cc.Pool, shipped: np.ndarray, tests: dict[str, np.ndar
     return out
 
 
+def standardised(x: np.ndarray, corpus: np.ndarray) -> np.ndarray:
+    """Each corpus's rows standardised by that corpus's mean and std (every pooling/block)."""
+    out = np.empty_like(x)
+    for c in np.unique(corpus):
+        rows = corpus == c
+        mu, sd = x[rows].mean(0), x[rows].std(0)
+        out[rows] = (x[rows] - mu) / (sd + 1e-5)
+    return out
+
+
+def corpus_standardised_pool(pool: cc.Pool) -> cc.Pool:
+    """Clips standardised per (corpus, variant) by clip statistics, stream windows per
+    (corpus, variant) by window statistics."""
+    out = cc.Pool(pool.utts, {v: standardised(f, pool.corpus) for v, f in pool.feats.items()})
+    for v, by in pool.streams.items():
+        spk = list(by)
+        x = np.concatenate([by[s][0] for s in spk])
+        corpus = np.concatenate([np.full(len(by[s][1]), s.split(":")[0]) for s in spk])
+        z = standardised(x, corpus)
+        bounds = np.cumsum([0] + [len(by[s][1]) for s in spk])
+        out.streams[v] = {s: (z[a:b], by[s][1]) for s, a, b in
+                          zip(spk, bounds[:-1], bounds[1:], strict=True)}
+    return out
+
+
+def with_streams(pool: cc.Pool, train: np.ndarray, tests: dict[str, np.ndarray]) -> dict:
+    """Version 3's recipe (stream windows x1) on the raw pool and on the corpus-standardised
+    one: accuracy and UAR of clips (clean, telephone band) and stream windows per test set."""
+    choice = dataclasses.replace(CHOICE, stream_mix=1.0)
+    train_classes = set(pool.label[train].tolist())
+    out: dict = {}
+    for arm, p in (("none", pool), ("corpus", corpus_standardised_pool(pool))):
+        head = cc.train_head(p, train, choice, speaker_norm=False)
+        out[arm] = {}
+        for name, rows in tests.items():
+            classes = sorted(train_classes & set(pool.label[rows].tolist()))
+            res = {v: cc.evaluate(p, head, rows, choice, False, v, classes)
+                   for v in ("clean", "ulaw")}
+            res["stream"] = cc.evaluate_streams(p, head, np.unique(pool.speaker[rows]), choice,
+                                                "clean", classes)
+            out[arm][name] = {f"{v} {k}": m[k] for v, m in res.items()
+                              for k in ("accuracy", "uar")}
+    return out
+
+
 def main() -> int:
     torch.set_num_threads(2)
     pool = build_pool(DATA, ENCODER)
@@ -143,6 +193,12 @@ def main() -> int:
         results["test"][f"loco: -> {held}"] = figures(pool, view, train, {held: rows[held]})
     results["site statistics (shipped, clean UAR)"] = site_statistics(
         pool, shipped, {"savee": rows["savee"], "urdu": rows["urdu"]})
+    add_streams(pool, ENCODER, progress=False)
+    results["with stream windows"] = {
+        **{f"validation: {a} -> {b}": with_streams(pool, rows[a], {b: rows[b]})
+           for a, b in (("tess", "ravdess"), ("ravdess", "tess"))},
+        "test: shipped": with_streams(pool, shipped, {"savee": rows["savee"],
+                                                      "urdu": rows["urdu"]})}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     for side in ("validation", "test"):
@@ -156,6 +212,11 @@ def main() -> int:
     for name, res in results["site statistics (shipped, clean UAR)"].items():
         print(f"site statistics, {name}: " + ", ".join(f"{k} {100 * v:.1f}"
                                                         for k, v in res.items()))
+    for split, arms in results["with stream windows"].items():
+        for test in arms["none"]:
+            print(f"with stream windows | {split} | {test} | " + " | ".join(
+                f"{arm} " + " ".join(f"{k} {100 * v:.1f}" for k, v in arms[arm][test].items())
+                for arm in arms))
     val = {arm: np.mean([r[arm][t][v]["uar"] for r in results["validation"].values()
                          for t in r[arm] for v in ("clean", "ulaw")]) for arm in ARMS}
     print("validation mean UAR (clean + telephone): " + ", ".join(
