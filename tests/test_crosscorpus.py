@@ -166,3 +166,28 @@ def test_stream_windows_stay_out_of_speaker_norm_and_one_speaker_splits() -> Non
     assert {r["choice"]["stream_mix"] for r in table} == {0.0}
     with pytest.raises(ValueError, match="per-speaker"):
         cc.train_head(pool, loco.train, cc.Choice(0, 0.1, False, 1, 1.0), speaker_norm=True)
+
+
+# ---------------------------------------------------------------- per-site normalisation
+
+def test_corpus_standardised_pool_standardises_each_corpus_clips_and_windows() -> None:
+    from train.site_norm import corpus_standardised_pool, fit_site_head
+
+    pool = _pool()
+    rng = np.random.default_rng(3)
+    shift = {"tess": 5.0, "ravdess": -3.0, "savee": 0.0}  # a corpus's windows sit elsewhere
+    pool.streams = {v: {s: (rng.normal(shift[s.split(":")[0]], 2.0, (5, 2, 1, 16)),
+                            np.zeros(5, np.int64))
+                        for s in np.unique(pool.speaker)} for v in ("clean", "ulaw")}
+    view = corpus_standardised_pool(pool)
+    for v in ("clean", "ulaw"):
+        for c in np.unique(pool.corpus):
+            x = view.feats[v][pool.corpus == c]
+            assert np.allclose(x.mean(0), 0, atol=1e-4) and np.allclose(x.std(0), 1, atol=1e-3)
+            w = np.concatenate([f for s, (f, _) in view.streams[v].items() if s.startswith(c)])
+            assert np.allclose(w.mean(0), 0, atol=1e-4) and np.allclose(w.std(0), 1, atol=1e-3)
+        assert set(view.streams[v]) == set(pool.streams[v])
+    # the site head trains on the standardised view and reads its dimensions
+    rows = np.flatnonzero(np.isin(pool.corpus, ["tess", "ravdess"]))
+    head = fit_site_head(pool, rows, cc.Choice(block=0, c=0.1, phone_aug=True, stream_mix=1.0))
+    assert head.weight.shape == (len(EMOTIONS), 16)

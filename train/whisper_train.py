@@ -33,6 +33,7 @@ from train import crosscorpus as cc
 from train.audio import load_audio
 from train.corpus import EMOTIONS, Utterance, load_corpora
 from train.embeddings import VARIANTS, embed_stream, embed_utterances
+from train.site_norm import fit_site_head, site_arrays
 from train.stream_eval import build_stream, evaluate_stream
 from train.whisper_args import add_arguments
 from train.whisper_emotion import ARCHITECTURE, WhisperEmotionConfig, build
@@ -249,9 +250,11 @@ def final(pool: cc.Pool, args: argparse.Namespace, out: Path, blocks: list[int],
                                       poolings=[choice.pooling])
     spk = cc.train_head(pool, rows, spk_choice, speaker_norm=True)
     prior_mean, prior_std = spk.prior
+    # The site head (emotion-monitor calibrate): the same choice on corpus-standardised features.
+    site = fit_site_head(pool, rows, choice)
     np.savez(out / "head.npz", mean=head.mean, std=head.std, weight=head.weight, bias=head.bias,
              spk_mean=spk.mean, spk_std=spk.std, spk_weight=spk.weight, spk_bias=spk.bias,
-             prior_mean=prior_mean, prior_std=prior_std)
+             prior_mean=prior_mean, prior_std=prior_std, **site_arrays(site))
     config = WhisperEmotionConfig(n_blocks=choice.block + 1, pooling=cc.POOLINGS[choice.pooling])
     (out / "config.json").write_text(json.dumps({
         "kind": "whisper", "model": config.to_dict(), "encoder": str(Path(args.encoder)),

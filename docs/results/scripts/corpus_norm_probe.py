@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from streamer.stream_norm import balanced_moments  # noqa: E402
 from train import crosscorpus as cc  # noqa: E402
 from train.corpus import EMOTIONS  # noqa: E402
+from train.site_norm import corpus_standardised_pool  # noqa: E402
 from train.whisper_train import add_streams, build_pool  # noqa: E402
 
 OUT = REPO / "runs" / "corpus_norm"
@@ -132,31 +133,6 @@ def site_statistics(pool: cc.Pool, shipped: np.ndarray, tests: dict[str, np.ndar
     return out
 
 
-def standardised(x: np.ndarray, corpus: np.ndarray) -> np.ndarray:
-    """Each corpus's rows standardised by that corpus's mean and std (every pooling/block)."""
-    out = np.empty_like(x)
-    for c in np.unique(corpus):
-        rows = corpus == c
-        mu, sd = x[rows].mean(0), x[rows].std(0)
-        out[rows] = (x[rows] - mu) / (sd + 1e-5)
-    return out
-
-
-def corpus_standardised_pool(pool: cc.Pool) -> cc.Pool:
-    """Clips standardised per (corpus, variant) by clip statistics, stream windows per
-    (corpus, variant) by window statistics."""
-    out = cc.Pool(pool.utts, {v: standardised(f, pool.corpus) for v, f in pool.feats.items()})
-    for v, by in pool.streams.items():
-        spk = list(by)
-        x = np.concatenate([by[s][0] for s in spk])
-        corpus = np.concatenate([np.full(len(by[s][1]), s.split(":")[0]) for s in spk])
-        z = standardised(x, corpus)
-        bounds = np.cumsum([0] + [len(by[s][1]) for s in spk])
-        out.streams[v] = {s: (z[a:b], by[s][1]) for s, a, b in
-                          zip(spk, bounds[:-1], bounds[1:], strict=True)}
-    return out
-
-
 def with_streams(pool: cc.Pool, train: np.ndarray, tests: dict[str, np.ndarray]) -> dict:
     """Version 3's recipe (stream windows x1) on the raw pool and on the corpus-standardised
     one: accuracy and UAR of clips (clean, telephone band) and stream windows per test set."""
@@ -177,6 +153,31 @@ def with_streams(pool: cc.Pool, train: np.ndarray, tests: dict[str, np.ndarray])
     return out
 
 
+def disjoint_site(pool: cc.Pool, train: np.ndarray, site: np.ndarray) -> dict:
+    """Clips-only heads trained on ``train``; the site's speakers split in two halves (sorted,
+    alternating): each half scored (UAR) by the global head, by the corpus-norm head with the
+    *other* half's statistics (the calibration never heard the scored voices), and with its
+    own (transductive); means over the two halves."""
+    head = cc.train_head(corpus_view(pool), train, CHOICE, speaker_norm=True)
+    global_head = cc.train_head(pool, train, CHOICE, speaker_norm=False)
+    classes = sorted(set(pool.label[train].tolist()) & set(pool.label[site].tolist()))
+    site = site[np.isin(pool.label[site], classes)]
+    speakers = np.unique(pool.speaker[site])
+    halves = [site[np.isin(pool.speaker[site], speakers[i::2])] for i in (0, 1)]
+    x = {i: pool.feats["clean"][h, CHOICE.pooling, CHOICE.block].astype(np.float64)
+         for i, h in enumerate(halves)}
+    out: dict = {"global": [], "other half's statistics": [], "own statistics": []}
+    for i in (0, 1):
+        y, other = pool.label[halves[i]], x[1 - i]
+        out["global"].append(cc.metrics(y, cc.predict(global_head, x[i].astype(np.float32),
+                                                       classes), classes)["uar"])
+        for key, ref in (("other half's statistics", other), ("own statistics", x[i])):
+            z = (x[i] - ref.mean(0)) / (ref.std(0) + 1e-5)
+            out[key].append(cc.metrics(y, cc.predict(head, z, classes), classes)["uar"])
+    return {k: float(np.mean(v)) for k, v in out.items()} | {
+        "speakers": int(len(speakers)), "clips": [int(len(h)) for h in halves]}
+
+
 def main() -> int:
     torch.set_num_threads(2)
     pool = build_pool(DATA, ENCODER)
@@ -193,6 +194,10 @@ def main() -> int:
         results["test"][f"loco: -> {held}"] = figures(pool, view, train, {held: rows[held]})
     results["site statistics (shipped, clean UAR)"] = site_statistics(
         pool, shipped, {"savee": rows["savee"], "urdu": rows["urdu"]})
+    results["speaker-disjoint site statistics (clean UAR)"] = {
+        "validation: tess -> ravdess": disjoint_site(pool, rows["tess"], rows["ravdess"]),
+        "test: shipped -> urdu": disjoint_site(pool, shipped, rows["urdu"]),
+        "test: shipped -> savee": disjoint_site(pool, shipped, rows["savee"])}
     add_streams(pool, ENCODER, progress=False)
     results["with stream windows"] = {
         **{f"validation: {a} -> {b}": with_streams(pool, rows[a], {b: rows[b]})
@@ -217,6 +222,9 @@ def main() -> int:
             print(f"with stream windows | {split} | {test} | " + " | ".join(
                 f"{arm} " + " ".join(f"{k} {100 * v:.1f}" for k, v in arms[arm][test].items())
                 for arm in arms))
+    for split, res in results["speaker-disjoint site statistics (clean UAR)"].items():
+        print(f"speaker-disjoint | {split} | " + ", ".join(
+            f"{k} {100 * v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
     val = {arm: np.mean([r[arm][t][v]["uar"] for r in results["validation"].values()
                          for t in r[arm] for v in ("clean", "ulaw")]) for arm in ARMS}
     print("validation mean UAR (clean + telephone): " + ", ".join(
