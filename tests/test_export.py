@@ -236,7 +236,7 @@ def test_the_confidence_floor_goes_into_the_card(streaming_run, tmp_path) -> Non
     res.write_text(json.dumps(_confidence_results(0.55)))
     out = tmp_path / "m.pt"
     args = argparse.Namespace(run_dir=str(run), output=str(out), name=None, version=None,
-                              encoder=None, confidence=str(res))
+                              encoder=None, confidence=str(res), site_head=None)
     assert _export(args) == 0
     display = read_card(out)["display"]
     assert display["min_confidence"] == 0.55 and display["averaged_over_s"] == 1.0

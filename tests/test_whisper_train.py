@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from streamer.model import ServedModel
 from train.corpus import load_ravdess, load_savee, load_tess
@@ -70,10 +71,14 @@ def test_train_whisper_end_to_end(manifest: Path, whisper_checkpoint: Path, tmp_
     assert {r["choice"]["stream_mix"] for r in cfg["validation"]} == {0.0, 1.0}
     assert cfg["kind"] == "whisper" and cfg["trained_on"] == ["ravdess", "tess"]
     with np.load(out / "head.npz") as z:
-        assert {"weight", "spk_weight", "prior_mean"} <= set(z.files)
+        assert {"weight", "spk_weight", "prior_mean", "site_weight", "site_std"} <= set(z.files)
+        site_weight = z["site_weight"]
     model_path = export(out, tmp_path / "m.pt")
     card = read_card(model_path)
     assert card["stream_norm"]["prior_windows"] > 0
+    assert card["site_norm"]  # the site head travels in the file for `calibrate`
+    assert np.allclose(torch.jit.load(str(model_path)).site_head.weight.detach().numpy(),
+                       site_weight)
     assert any(k.startswith("shipped: savee") for k in card["metrics"])
     served = ServedModel.load(model_path, "cpu")
     p = served.predict(np.zeros((1, served.window_samples), np.float32))

@@ -473,6 +473,9 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
         if stream_norm:
             model.set_stream_head(z["spk_mean"], z["spk_std"], z["spk_weight"], z["spk_bias"],
                                   z["prior_mean"], z["prior_std"], PRIOR_WINDOWS)
+        site_norm = "site_weight" in z.files
+        if site_norm:
+            model.set_site_head(z["site_mean"], z["site_std"], z["site_weight"], z["site_bias"])
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     card = {
@@ -508,6 +511,7 @@ def whisper_from_run(run_dir: Path, cfg: dict, encoder: str | Path | None = None
                     "with prior_windows pseudo-windows; a second head trained on per-speaker "
                     "standardised features",
         } if stream_norm else None,
+        "site_norm": SITE_NORM_CARD if site_norm else None,
         "licence_note": "weights trained on TESS (CC BY-NC-ND 4.0) and RAVDESS (CC BY-NC-SA "
                         "4.0): non-commercial use; Whisper's encoder is MIT",
         **WHISPER_PRECISION,
@@ -525,9 +529,20 @@ WHISPER_PRECISION = {"precision": {
 }}
 
 
-def whisper_from_file(model_path: Path, encoder: str | Path | None) -> tuple[nn.Module, dict]:
+SITE_NORM_CARD = {
+    "how": "a second head (site_head) trained on features standardised per training corpus "
+           "(clips and stream windows, each per variant); `emotion-monitor calibrate` folds a "
+           "site's feature statistics, from its unlabelled recordings, into a copy of this file",
+    "measured": "docs/results/crosscorpus.md, 'Standardising per corpus'",
+}
+
+
+def whisper_from_file(model_path: Path, encoder: str | Path | None,
+                      site_head: str | Path | None = None) -> tuple[nn.Module, dict]:
     """Re-script an exported Whisper model file with the current code: the same weights and
-    card (plus what the current exporter adds), checked equal to the old file's output."""
+    card (plus what the current exporter adds), checked equal to the old file's output;
+    ``site_head`` (an ``.npz`` of ``train.site_norm.site_arrays``) adds or replaces the site
+    head."""
     from train.whisper_emotion import WhisperEmotionConfig, build
 
     card = read_card(model_path)
@@ -545,16 +560,26 @@ def whisper_from_file(model_path: Path, encoder: str | Path | None) -> tuple[nn.
                                   pooling="voiced" if old.voiced else "all",
                                   n_classes=len(card["classes"]))
     model = build(str(encoder), config)
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("site_") for k in missing):
+        raise ExportError(f"{model_path}: weights do not match the current WhisperEmotion "
+                          f"(missing {missing}, unexpected {unexpected})")
     model.prior_windows = float(old.prior_windows)
+    has_site = card.get("site_norm") is not None or site_head is not None
+    if site_head is not None:
+        import numpy as np
+
+        with np.load(site_head) as z:
+            model.set_site_head(z["site_mean"], z["site_std"], z["site_weight"], z["site_bias"])
     x = 0.05 * torch.randn(4, config.n_samples, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (model(x) - old(x)).abs().max().item()
     if diff > 1e-4:
         raise ExportError(f"{model_path}: the re-scripted model differs from the file by {diff}")
-    kept = {k: v for k, v in card.items()
-            if k not in ("torch_version", "torchaudio_version", "exported_at")}  # made anew
-    return model, {**kept, **WHISPER_PRECISION}
+    kept = {k: v for k, v in card.items() if k not in (
+        "torch_version", "torchaudio_version", "exported_at", "parameters")}  # made anew
+    return model, {**kept, **WHISPER_PRECISION,
+                   "site_norm": SITE_NORM_CARD if has_site else card.get("site_norm")}
 
 
 # ---------------------------------------------------------------- display floor
@@ -593,16 +618,17 @@ def display_from_confidence(path: str | Path) -> dict:
 # ---------------------------------------------------------------- entry point
 
 def export(source: str | Path | nn.Module, path: str | Path, card: dict | None = None,
-           overrides: dict | None = None, encoder: str | Path | None = None) -> Path:
+           overrides: dict | None = None, encoder: str | Path | None = None,
+           site_head: str | Path | None = None) -> Path:
     """Export a run directory (streaming, whisper or paper), a module (with ``card``) or an
-    exported Whisper model file (re-scripted with the current code) to ``path``; ``encoder``
-    overrides a whisper run's checkpoint path."""
+    exported Whisper model file (re-scripted with the current code, ``site_head`` added) to
+    ``path``; ``encoder`` overrides a whisper run's checkpoint path."""
     if isinstance(source, nn.Module):
         if card is None:
             raise ExportError("exporting a module needs its model card")
         module = source
     elif Path(source).is_file():
-        module, card = whisper_from_file(Path(source), encoder)
+        module, card = whisper_from_file(Path(source), encoder, site_head)
     else:
         run_dir = Path(source)
         cfg_path = run_dir / "config.json"

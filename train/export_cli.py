@@ -21,7 +21,8 @@ def _export(args: argparse.Namespace) -> int:
     try:
         if args.confidence:
             overrides["display"] = display_from_confidence(args.confidence)
-        path = export(args.run_dir, args.output, overrides=overrides, encoder=args.encoder)
+        path = export(args.run_dir, args.output, overrides=overrides, encoder=args.encoder,
+                      site_head=args.site_head)
     except (ExportError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"export failed: {err!s}", file=sys.stderr)
         return 2
@@ -82,6 +83,10 @@ def register(sub: Any) -> None:
     p.add_argument("--confidence", metavar="RESULTS_JSON",
                    help="a confidence probe's results (docs/results/confidence.json): writes the "
                    "card's display floor, below which the dashboard shows \"uncertain\"")
+    p.add_argument("--site-head", metavar="NPZ",
+                   help="re-exporting a Whisper model file: add this per-site head "
+                   "(train.site_norm; docs/results/scripts/site_head.py writes the shipped "
+                   "one) so `emotion-monitor calibrate` can fit the file to a site")
 
     models = add_command(
         sub, "models",

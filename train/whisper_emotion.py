@@ -106,6 +106,12 @@ class WhisperEmotion(nn.Module):
         self.register_buffer("prior_mean", torch.zeros(dim))
         self.register_buffer("prior_std", torch.ones(dim))
         self.prior_windows = 5.0
+        # Per-site normalisation (optional): a head trained on features standardised per
+        # corpus, which `emotion-monitor calibrate` folds with a site's statistics into the
+        # head above (streamer/calibrate.py). Not used by any method here.
+        self.register_buffer("site_feat_mean", torch.zeros(dim))
+        self.register_buffer("site_feat_std", torch.ones(dim))
+        self.site_head = nn.Linear(dim, config.n_classes)
 
     def set_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
                  bias: np.ndarray) -> None:
@@ -127,6 +133,15 @@ class WhisperEmotion(nn.Module):
             self.spk_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             self.spk_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         self.prior_windows = float(prior_windows)
+
+    def set_site_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
+                      bias: np.ndarray) -> None:
+        """Install the per-site head (``train.site_norm``) for ``emotion-monitor calibrate``."""
+        with torch.no_grad():
+            self.site_feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.site_feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+            self.site_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.site_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
     def check_input(self, wave: torch.Tensor) -> None:
         """A clear error for what the streamer or a user might pass by mistake."""
