@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamer.cli",
     "streamer.push_cli",
     "streamer.explain_cli",
+    "streamer.calibrate_cli",
     "streamer.cluster_cli",
     "dashboard.cli",
 )

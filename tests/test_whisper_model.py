@@ -288,3 +288,93 @@ def test_models_without_stream_norm_are_served_as_before(tiny_model_path: Path) 
     assert not supported(plain)
     with pytest.raises(ValueError, match="no per-stream normalisation"):
         StreamNorm(plain)
+
+
+# ---------------------------------------------------------------- per-site calibration
+
+def _site_arrays(seed: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"site_mean": rng.normal(0, .2, 768).astype(np.float32),
+            "site_std": rng.uniform(.5, 2, 768).astype(np.float32),
+            "site_weight": rng.normal(0, .3, (7, 768)).astype(np.float32),
+            "site_bias": rng.normal(0, .1, 7).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def site_model_path(whisper_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("site")
+    run = _run_dir(tmp, whisper_checkpoint)
+    with np.load(run / "head.npz") as z:
+        arrays = dict(z)
+    np.savez(run / "head.npz", **arrays, **_site_arrays())
+    return export(run, tmp / "site-model.pt")
+
+
+def test_calibrated_file_is_the_site_head_over_site_statistics(
+        site_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    from streamer import calibrate as cal
+
+    monkeypatch.setattr(cal, "MIN_WINDOWS", 3)
+    rec = tmp_path / "site"
+    rec.mkdir()
+    waves = _waves(6).numpy()
+    for i in range(4):  # 3.0 s each: exactly one window per file and channel
+        sf.write(rec / f"call{i}.wav", waves[i], 16_000, subtype="FLOAT")
+    sf.write(rec / "stereo.wav", waves[4:6].T, 16_000, subtype="FLOAT")  # two voices
+    (rec / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    out = cal.calibrate(site_model_path, [rec], tmp_path / "calibrated.pt", vad=None,
+                        progress=False)
+    card = read_card(out)
+    assert card["site"]["voiced_windows"] == 6 and card["site"]["files"] == 5
+    assert list(card["site"]["skipped"]) == [str(rec / "broken.wav")]
+    assert "display" not in card and card["name"].endswith("-site")
+    model = ServedModel.load(site_model_path, "cpu", precision="float32")
+    with torch.inference_mode():
+        f = model.module.embed(torch.from_numpy(waves)).double().numpy()
+    mean, std = f.mean(0), f.std(0)
+    s = _site_arrays()
+    x = _waves(3)
+    with torch.inference_mode():
+        z = (model.module.embed(x).double().numpy() - mean) / (std + 1e-5)
+    logits = ((z - s["site_mean"]) / s["site_std"]) @ s["site_weight"].T + s["site_bias"]
+    expected = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    calibrated = ServedModel.load(out, "cpu", precision="float32")
+    assert np.allclose(calibrated.predict(x.numpy()), expected, atol=1e-4)
+    assert not np.allclose(model.predict(x.numpy()), expected, atol=1e-3)  # it did change
+    # the explanation path serves the calibrated head too
+    logits_e, _, _ = calibrated.explain(x.numpy())
+    assert np.allclose(torch.softmax(logits_e.detach(), -1).numpy(), expected, atol=1e-4)
+
+
+def test_calibrate_refuses_what_it_cannot_do(site_model_path: Path, tiny_model_path: Path,
+                                             tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from streamer.calibrate import CalibrationError, calibrate
+
+    rec = tmp_path / "few"
+    rec.mkdir()
+    sf.write(rec / "one.wav", _waves(1).numpy()[0], 16_000)
+    out = tmp_path / "out.pt"
+    with pytest.raises(CalibrationError, match="at least"):  # 1 window: too few
+        calibrate(site_model_path, [rec], out, vad=None, progress=False)
+    with pytest.raises(CalibrationError, match="no site head"):
+        calibrate(tiny_model_path, [rec], out, vad=None, progress=False)
+    with pytest.raises(CalibrationError, match="overwrite"):
+        calibrate(site_model_path, [rec], site_model_path, vad=None, progress=False)
+    assert not out.exists()
+
+
+def test_re_export_adds_a_site_head(site_model_path: Path, whisper_checkpoint: Path,
+                                    tmp_path: Path) -> None:
+    np.savez(tmp_path / "site.npz", **_site_arrays(seed=9))
+    out = export(site_model_path, tmp_path / "re.pt", encoder=whisper_checkpoint,
+                 site_head=tmp_path / "site.npz")
+    assert read_card(out)["site_norm"]
+    module = torch.jit.load(str(out))
+    assert np.allclose(module.site_head.weight.detach().numpy(), _site_arrays(9)["site_weight"])
+    # the served head is untouched
+    old = torch.jit.load(str(site_model_path))
+    assert torch.equal(module.head.weight, old.head.weight)
