@@ -19,8 +19,10 @@ anything is written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +64,11 @@ def has_site_head(model: ServedModel) -> bool:
         hasattr(model.module, name) for name in ("embed", "site_head", "site_feat_mean"))
 
 
-def _windows(path: Path, rate: int, window_s: float) -> list[Window]:
-    """The daemon's windows over each channel of ``path`` (a channel is one voice)."""
+def _windows(path: Path, rate: int, window_s: float) -> Iterator[Window]:
+    """The daemon's windows over each channel of ``path`` (a channel is one voice), as the
+    file is read: memory stays bounded however long the recording."""
     import soxr
 
-    out: list[Window] = []
     with open_audio(path) as f:
         channels, file_rate = f.channels, f.samplerate
         if channels > 2:
@@ -82,14 +84,55 @@ def _windows(path: Path, rate: int, window_s: float) -> list[Window]:
             if resample is not None:
                 block = resample.resample_chunk(block).reshape(-1, channels)
             for c, w in enumerate(windowers):
-                out += w.push(block[:, c], wall_time=0.0, arrived=0.0)
+                yield from w.push(block[:, c], wall_time=0.0, arrived=0.0)
         if resample is not None:
             tail = resample.resample_chunk(np.zeros((0, channels), np.float32), last=True)
             for c, w in enumerate(windowers):
-                out += w.push(tail.reshape(-1, channels)[:, c], wall_time=0.0, arrived=0.0)
+                yield from w.push(tail.reshape(-1, channels)[:, c], wall_time=0.0, arrived=0.0)
     for w in windowers:
-        out += w.flush()
-    return out
+        yield from w.flush()
+
+
+class _Moments:
+    """Running sums of features (float64)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.square = 0, 0.0, 0.0
+
+    def add(self, f: np.ndarray) -> None:
+        self.n += len(f)
+        self.total = self.total + f.sum(0)
+        self.square = self.square + (f * f).sum(0)
+
+    def add_sums(self, other: _Moments) -> None:
+        self.n += other.n
+        self.total = self.total + other.total
+        self.square = self.square + other.square
+
+
+def _add_file(model: ServedModel, path: Path, detector: Vad | None, batch: int,
+              moments: _Moments) -> None:
+    """Add the voiced windows of one recording to ``moments`` (nothing if it fails)."""
+    mine = _Moments()
+    streams: set[str] = set()
+    try:
+        wins = _windows(path, model.sample_rate, model.window_s)
+        while part := list(itertools.islice(wins, batch)):
+            streams.update(w.stream_id for w in part)
+            if detector is not None:
+                fractions = detector.voiced_fractions(part)
+                part = [w for w, fr in zip(part, fractions, strict=True)
+                        if detector.is_voiced(fr)]
+            if part:
+                x = model._as_batch(np.stack([w.samples for w in part]))
+                with torch.inference_mode():
+                    mine.add(model.module.embed(x).double().cpu().numpy())
+    finally:
+        for sid in streams:
+            if detector is not None:
+                detector.end_stream(sid)
+    if mine.n:
+        moments.add_sums(mine)
 
 
 def site_statistics(model: ServedModel, paths: list[str | Path], vad: VadConfig | None,
@@ -99,34 +142,25 @@ def site_statistics(model: ServedModel, paths: list[str | Path], vad: VadConfig 
 
     files = expand_paths(paths)
     detector = Vad(vad, model.sample_rate) if vad is not None else None
-    n, total, square = 0, None, None
+    moments = _Moments()
     stats = SiteStatistics(np.zeros(0), np.zeros(0), 0)
     for path in tqdm(files, desc="site recordings", unit="file", disable=not progress):
         try:
-            wins = _windows(path, model.sample_rate, model.window_s)
+            _add_file(model, path, detector, batch, moments)
         except (CalibrationError, SourceError, RuntimeError, OSError, ValueError) as err:
             # libsndfile's own words, without soundfile's "Error opening <fd>: " prefix
             reason = str(getattr(err, "error_string", None) or err)
             stats.skipped[show_path(path)] = reason.removeprefix(f"{show_path(path)}: ")
             log.warning("%s: skipped (%s)", show_path(path), reason)
             continue
-        if detector is not None and wins:
-            fractions = detector.voiced_fractions(wins)
-            wins = [w for w, fr in zip(wins, fractions, strict=True) if detector.is_voiced(fr)]
         stats.files.append(show_path(path))
-        for i in range(0, len(wins), batch):
-            x = torch.from_numpy(np.stack([w.samples for w in wins[i:i + batch]]))
-            with torch.inference_mode():
-                f = model.module.embed(model._as_batch(x)).double().cpu().numpy()
-            total = f.sum(0) if total is None else total + f.sum(0)
-            square = (f * f).sum(0) if square is None else square + (f * f).sum(0)
-            n += len(f)
-    if n < MIN_WINDOWS or total is None or square is None:
-        raise CalibrationError(f"{n} voiced windows in {len(stats.files)} readable file(s); a "
-                               f"site needs at least {MIN_WINDOWS} (a few dozen utterances)")
-    stats.mean = total / n
-    stats.std = np.sqrt(np.maximum(square / n - stats.mean ** 2, 0.0))
-    stats.windows = n
+    if moments.n < MIN_WINDOWS:
+        raise CalibrationError(f"{moments.n} voiced windows in {len(stats.files)} readable "
+                               f"file(s); a site needs at least {MIN_WINDOWS} (a few dozen "
+                               "utterances)")
+    stats.mean = moments.total / moments.n
+    stats.std = np.sqrt(np.maximum(moments.square / moments.n - stats.mean ** 2, 0.0))
+    stats.windows = moments.n
     return stats
 
 

@@ -378,3 +378,22 @@ def test_re_export_adds_a_site_head(site_model_path: Path, whisper_checkpoint: P
     # the served head is untouched
     old = torch.jit.load(str(site_model_path))
     assert torch.equal(module.head.weight, old.head.weight)
+
+
+def test_site_statistics_read_long_resampled_stereo_in_blocks(
+        site_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    from streamer import calibrate as cal
+
+    monkeypatch.setattr(cal, "BLOCK_S", 1.0)  # many blocks, resampled as a stream
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "call.wav", 0.1 * rng.standard_normal((7 * 8000, 2)), 8000)
+    model = ServedModel.load(site_model_path, "cpu", precision="float32")
+    monkeypatch.setattr(cal, "MIN_WINDOWS", 1)
+    stats = cal.site_statistics(model, [tmp_path], vad=None, progress=False)
+    assert 18 <= stats.windows <= 20  # 7 s at hop 0.5: 9 full windows per channel
+    assert stats.mean.shape == (768,) and np.isfinite(stats.std).all()
+    sf.write(tmp_path / "nan.wav", np.full(8000, np.nan, np.float32), 8000, subtype="FLOAT")
+    stats = cal.site_statistics(model, [tmp_path], vad=None, progress=False)
+    assert list(stats.skipped.values()) == ["non-finite samples"]

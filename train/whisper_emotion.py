@@ -80,6 +80,13 @@ def voiced_pool(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, torch.sqrt(var + 1e-8)], dim=1)
 
 
+def _fill(*pairs: tuple[torch.Tensor, np.ndarray]) -> None:
+    """Copy fitted arrays into a model's buffers and parameters (float32, no autograd)."""
+    with torch.no_grad():
+        for target, value in pairs:
+            target.copy_(torch.as_tensor(value, dtype=torch.float32))
+
+
 class WhisperEmotion(nn.Module):
     """Whisper encoder + pooled linear head; ``forward`` -> probabilities, ``explain`` -> maps."""
 
@@ -116,32 +123,23 @@ class WhisperEmotion(nn.Module):
     def set_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
                  bias: np.ndarray) -> None:
         """Install a fitted standardiser and linear head (e.g. from scikit-learn)."""
-        with torch.no_grad():
-            self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            self.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
-            self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        _fill((self.feat_mean, mean), (self.feat_std, std), (self.head.weight, weight),
+              (self.head.bias, bias))
 
     def set_stream_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
                         bias: np.ndarray, prior_mean: np.ndarray, prior_std: np.ndarray,
                         prior_windows: float) -> None:
         """Install the per-speaker head and its prior (``classify_stream``)."""
-        with torch.no_grad():
-            for name, value in (("spk_feat_mean", mean), ("spk_feat_std", std),
-                                ("prior_mean", prior_mean), ("prior_std", prior_std)):
-                getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
-            self.spk_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            self.spk_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        _fill((self.spk_feat_mean, mean), (self.spk_feat_std, std),
+              (self.prior_mean, prior_mean), (self.prior_std, prior_std),
+              (self.spk_head.weight, weight), (self.spk_head.bias, bias))
         self.prior_windows = float(prior_windows)
 
     def set_site_head(self, mean: np.ndarray, std: np.ndarray, weight: np.ndarray,
                       bias: np.ndarray) -> None:
         """Install the per-site head (``train.site_norm``) for ``emotion-monitor calibrate``."""
-        with torch.no_grad():
-            self.site_feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            self.site_feat_std.copy_(torch.as_tensor(std, dtype=torch.float32))
-            self.site_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            self.site_head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        _fill((self.site_feat_mean, mean), (self.site_feat_std, std),
+              (self.site_head.weight, weight), (self.site_head.bias, bias))
 
     def check_input(self, wave: torch.Tensor) -> None:
         """A clear error for what the streamer or a user might pass by mistake."""
