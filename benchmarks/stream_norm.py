@@ -38,6 +38,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+from scipy.special import softmax  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -93,17 +94,12 @@ def running_scores(x: np.ndarray, y: np.ndarray, global_head: cc.LinearHead,
     the balanced heads' probabilities ("blend")."""
     mean, std = cc.shrunk_moments(np.arange(1, len(x) + 1), np.cumsum(x, axis=0),
                                   np.cumsum(x * x, axis=0), prior_mean, prior_std, prior)
-    logits = global_head.logits(x)
-    g = logits.argmax(1) == y
+    probs = softmax(global_head.logits(x), axis=1)
     s = spk_head.logits((x - mean) / (std + 1e-5)).argmax(1) == y
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
     bmean, bstd = running_balanced(x, probs, prior_mean, prior_std, prior)
-    b_logits = spk_head.logits((x - bmean) / (bstd + 1e-5))
-    b_probs = np.exp(b_logits - b_logits.max(1, keepdims=True))
-    b_probs /= b_probs.sum(1, keepdims=True)
-    blend = (probs + b_probs).argmax(1) == y
-    return g, s, b_logits.argmax(1) == y, blend
+    b_probs = softmax(spk_head.logits((x - bmean) / (bstd + 1e-5)), axis=1)
+    return (probs.argmax(1) == y, s, b_probs.argmax(1) == y,
+            (probs + b_probs).argmax(1) == y)
 
 
 def test_splits(pool: cc.Pool) -> list[tuple[str, cc.Split]]:

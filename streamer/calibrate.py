@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.model import ServedModel
+from streamer.model import CARD_NAME, ServedModel
 from streamer.sources import SourceError, expand_paths, open_audio, show_path
 from streamer.vad import Vad, VadConfig
 from streamer.windows import Window, Windower
 
 log = logging.getLogger(__name__)
 
-CARD_NAME = "model_card.json"
 HOP_S = 0.5  # the daemon's hop
 MIN_WINDOWS = 20  # voiced windows a calibration needs (30 clips measured as enough)
 BLOCK_S = 10.0  # seconds of a file read at a time (memory stays bounded for long calls)
@@ -128,9 +127,8 @@ def _add_file(model: ServedModel, path: Path, detector: Vad | None, batch: int,
                 with torch.inference_mode():
                     mine.add(model.module.embed(x).double().cpu().numpy())
     finally:
-        for sid in streams:
-            if detector is not None:
-                detector.end_stream(sid)
+        for sid in streams if detector is not None else ():
+            detector.end_stream(sid)
     if mine.n:
         moments.add_sums(mine)
 

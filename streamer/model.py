@@ -18,6 +18,8 @@ import torch
 from emotion_monitor.cliutil import PRECISIONS
 from streamer.card import CardView
 
+CARD_NAME = "model_card.json"  # the card inside a model file (_extra_files)
+
 REQUIRED_CARD_KEYS = ("name", "classes", "sample_rate", "window_s")
 
 
@@ -109,7 +111,7 @@ class ServedModel(CardView):
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         dev = resolve_device(device)
-        extra = {"model_card.json": ""}
+        extra = {CARD_NAME: ""}
         try:
             # torch.jit.load warns (DeprecationWarning) in torch 2.11; silence it here only.
             with warnings.catch_warnings():
@@ -117,7 +119,7 @@ class ServedModel(CardView):
                 module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
         except Exception as err:  # torch raises RuntimeError/ValueError/zip errors
             raise ModelError(f"{path}: not a TorchScript model file ({err})") from err
-        raw = extra["model_card.json"]
+        raw = extra[CARD_NAME]
         if not raw:
             raise ModelError(f"{path}: no model_card.json in the file (see the model contract)")
         try:

@@ -579,7 +579,7 @@ def whisper_from_file(model_path: Path, encoder: str | Path | None,
     kept = {k: v for k, v in card.items() if k not in (
         "torch_version", "torchaudio_version", "exported_at", "parameters")}  # made anew
     return model, {**kept, **WHISPER_PRECISION,
-                   "site_norm": SITE_NORM_CARD if has_site else card.get("site_norm")}
+                   "site_norm": SITE_NORM_CARD if has_site else None}
 
 
 # ---------------------------------------------------------------- display floor
